@@ -1,0 +1,193 @@
+"""The `automl-images` command.
+
+    automl-images validate JOB.yaml
+    automl-images submit JOB.yaml --root URL
+    automl-images controller --root URL [--once | --until-done]
+    automl-images status [JOB] --root URL
+    automl-images leaderboard JOB --root URL [--format table|csv|json|markdown]
+    automl-images cancel JOB --root URL
+    automl-images trial run SPEC_URL
+    automl-images demo [--root URL]
+
+`--root` defaults to $AUTOML_IMAGES_ROOT. Exit codes: 0 ok, 1 failed (job or trial), 2 invalid input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+ROOT_ENV = "AUTOML_IMAGES_ROOT"
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _root_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--root", default=os.environ.get(ROOT_ENV, default),
+                        help=f"bucket root: a folder or an fsspec URL (s3://, gs://); default ${ROOT_ENV}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="automl-images", description="AutoML for images on any cloud.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("validate", help="check a job file without running it")
+    p.add_argument("job")
+
+    p = commands.add_parser("submit", help="validate a job, upload its local data, drop it into the inbox")
+    p.add_argument("job")
+    p.add_argument("--job-id", help="job id (default: the file name and the time)")
+    _root_arg(p)
+
+    p = commands.add_parser("controller", help="run the controller over every job in the root")
+    _root_arg(p)
+    p.add_argument("--once", action="store_true", help="one reconcile pass, then exit (cron, functions)")
+    p.add_argument("--until-done", action="store_true", help="exit once no job is running (batch use)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between passes")
+
+    p = commands.add_parser("status", help="jobs and their trials")
+    p.add_argument("job", nargs="?")
+    _root_arg(p)
+
+    p = commands.add_parser("leaderboard", help="a job's trials, best first")
+    p.add_argument("job")
+    p.add_argument("--format", choices=("table", "csv", "json", "markdown"), default="table")
+    _root_arg(p)
+
+    p = commands.add_parser("cancel", help="stop every trial of a job and end it")
+    p.add_argument("job")
+    _root_arg(p)
+
+    p = commands.add_parser("trial", help="trainer commands")
+    trial = p.add_subparsers(dest="trial_command", required=True)
+    run = trial.add_parser("run", help="run one trial from its spec.json")
+    run.add_argument("spec_url")
+
+    p = commands.add_parser("demo", help="a real sweep on handwritten digits, on this machine")
+    p.add_argument("--root", default=None, help="bucket root (default ./demo-root)")
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--concurrent", type=int, default=2)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "trial":
+        from automl_images.trainer.run import run_trial_cli
+
+        return run_trial_cli(args.spec_url)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args.root or "demo-root", trials=args.trials, concurrent=args.concurrent)
+    from .spec import JobSpecError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except JobSpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except _UsageError as exc:
+        print(f"automl-images {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _need_root(args: argparse.Namespace):
+    from .store import Root
+
+    if not args.root:
+        raise _UsageError(f"--root is required (or set ${ROOT_ENV})")
+    return Root(args.root)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from .submit import validate_file
+
+    if not os.path.exists(args.job):
+        raise _UsageError(f"{args.job}: no such file")
+    spec = validate_file(args.job)
+    spaces = len(spec.search_space)
+    _print(f"{args.job}: valid ({spec.task.value}, primary metric {spec.primary_metric}, {spec.sampling} "
+           f"sampling, {spaces} subspace{'s' * (spaces != 1)}, {spec.limits.max_trials} trials)")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .submit import submit
+
+    root = _need_root(args)
+    if not os.path.exists(args.job):
+        raise _UsageError(f"{args.job}: no such file")
+    job_id = submit(args.job, root.url, job_id=args.job_id)
+    _print(job_id)
+    return 0
+
+
+def _controller(args: argparse.Namespace) -> int:
+    from .loop import Controller
+
+    root = _need_root(args)
+    controller = Controller(root, log=_timestamped)
+    try:
+        controller.run(once=args.once, interval_s=args.interval, until_done=args.until_done)
+    except KeyboardInterrupt:
+        _print("controller stopped; trials keep running, and a new controller adopts them")
+    return 0
+
+
+def _timestamped(message: str) -> None:
+    _print(f"{time.strftime('%H:%M:%S')} {message}")
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .status import job_summaries, render_job, render_summaries
+
+    root = _need_root(args)
+    if args.job:
+        if args.job not in root.job_ids():
+            raise _UsageError(f"no job {args.job!r} in {root.url}")
+        _print(render_job(root, args.job))
+    else:
+        _print(render_summaries(job_summaries(root)))
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from . import leaderboard
+
+    root = _need_root(args)
+    board = root.storage.read_json(root.leaderboard(args.job))
+    if board is None:
+        if args.job not in root.job_ids():
+            raise _UsageError(f"no job {args.job!r} in {root.url}")
+        raise _UsageError(f"job {args.job!r} has no leaderboard yet (no trial has finished)")
+    render = {"table": leaderboard.to_table, "csv": leaderboard.to_csv, "json": leaderboard.to_json,
+              "markdown": lambda b: leaderboard.to_table(b, markdown=True)}[args.format]
+    sys.stdout.write(render(board))
+    return 0
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    root = _need_root(args)
+    if args.job not in root.job_ids():
+        raise _UsageError(f"no job {args.job!r} in {root.url}")
+    root.storage.write_json(root.cancel_request(args.job), {"requested_at": time.time()})
+    _print(f"cancel requested for {args.job}: the controller stops its trials on its next pass")
+    return 0
+
+
+_COMMANDS: dict[str, Any] = {"validate": _validate, "submit": _submit, "controller": _controller,
+                             "status": _status, "leaderboard": _leaderboard, "cancel": _cancel}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

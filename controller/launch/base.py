@@ -1,0 +1,51 @@
+"""The launcher interface: launch, poll, cancel. One trial, one run; where it runs is the
+launcher's business, what it does is `automl-images trial run SPEC_URL`."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class RunState(str, enum.Enum):
+    PENDING = "pending"        # accepted, not running yet (queued, provisioning)
+    RUNNING = "running"
+    RECOVERING = "recovering"  # lost its machine and is being relaunched by the launcher: not a failure
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    GONE = "gone"              # no longer runs and its outcome is unknown to the launcher
+
+    def is_terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.GONE)
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    job_id: str
+    trial_id: str
+    spec_url: str
+    attempt: int
+    threads: int | None = None          # CPU threads the trial may use (local runs share cores)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.job_id}-{self.trial_id}"
+
+
+Handle = dict[str, Any]  # JSON-serialisable, saved in launch.json
+
+
+class Launcher(Protocol):
+    name: str
+
+    def launch(self, request: LaunchRequest) -> Handle:
+        """Start the trial, or adopt it when it already runs: calling twice never runs it twice."""
+
+    def poll(self, handle: Handle) -> RunState: ...
+
+    def cancel(self, handle: Handle) -> None: ...
+
+    def logs(self, handle: Handle) -> bytes | None:
+        """What the run printed, if the launcher keeps it."""

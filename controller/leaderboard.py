@@ -1,0 +1,101 @@
+"""The leaderboard: every trial, best first, as JSON, CSV or a terminal table."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from .state import TrialView
+
+
+def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[str, Any]:
+    rows = []
+    for trial in trials:
+        status = trial.status or {}
+        rows.append({
+            "trial_id": trial.trial_id,
+            "status": trial.trial_status.value,
+            "params": trial.params,
+            "metrics": _scalars(status.get("metrics") or (status.get("best") or {}).get("metrics") or {}),
+            "epochs": status.get("epochs", status.get("epoch", 0)),
+            "duration_s": status.get("duration_s"),
+            "error": (status.get("error") or {}).get("message"),
+        })
+
+    def rank(row: dict[str, Any]) -> tuple:
+        value = row["metrics"].get(primary_metric)
+        if not isinstance(value, (int, float)):
+            return (1, 0.0, row["trial_id"])
+        return (0, -value if direction == "maximize" else value, row["trial_id"])
+
+    rows.sort(key=rank)
+    return {"primary_metric": primary_metric, "direction": direction, "trials": rows}
+
+
+def best_trial(board: dict[str, Any]) -> dict[str, Any] | None:
+    """The best trial that produced a metric (completed, or stopped after an evaluation)."""
+    for row in board["trials"]:
+        if isinstance(row["metrics"].get(board["primary_metric"]), (int, float)) and \
+                row["status"] in ("completed", "stopped"):
+            return row
+    return None
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def _param_names(board: dict[str, Any]) -> list[str]:
+    return sorted({k for row in board["trials"] for k in row["params"]})
+
+
+def _metric_names(board: dict[str, Any]) -> list[str]:
+    names = sorted({k for row in board["trials"] for k, v in row["metrics"].items() if isinstance(v, (int, float))})
+    primary = board["primary_metric"]
+    return [primary] + [n for n in names if n != primary] if primary in names else names
+
+
+def _flat_rows(board: dict[str, Any], metric_names: list[str]) -> tuple[list[str], list[list[Any]]]:
+    params = _param_names(board)
+    header = ["rank", "trial_id", "status"] + metric_names + params + ["epochs", "duration_s"]
+    rows = []
+    for i, row in enumerate(board["trials"], start=1):
+        rows.append([i, row["trial_id"], row["status"]] + [row["metrics"].get(m, "") for m in metric_names]
+                    + [row["params"].get(p, "") for p in params] + [row["epochs"], row["duration_s"] or ""])
+    return header, rows
+
+
+def to_csv(board: dict[str, Any]) -> str:
+    header, rows = _flat_rows(board, _metric_names(board))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def to_json(board: dict[str, Any]) -> str:
+    return json.dumps(board, indent=2, sort_keys=True) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def to_table(board: dict[str, Any], markdown: bool = False) -> str:
+    """A terminal table (or Markdown) with the primary metric and a few others."""
+    metrics = _metric_names(board)
+    shown = metrics[:1] + [m for m in ("loss", "log_loss") if m in metrics[1:]]
+    header, rows = _flat_rows(board, shown)
+    cells = [header] + [[_cell(v) for v in row] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+        return "\n".join(lines) + "\n"
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,190 @@
+"""Reconcile: the job as it is (rebuilt from the bucket) in, the actions that move it on out.
+
+Pure: no I/O, no clock (the time is an argument). `loop.py` applies the actions, each of which is
+safe to repeat, so a controller killed halfway through applying them simply does the rest on its
+next pass. The arithmetic is Katib's:
+
+    to_add = min(max_concurrent_trials - active, max_trials - created)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from automl_images.trainer.report import ErrorKind, TrialStatus
+
+from . import stopping
+from .launch.base import RunState
+from .spec import JobSpec
+from .state import JobStatus, JobView, TrialView
+
+# A trial lost to the infrastructure (its process or machine vanished without a verdict) is run
+# again, resuming from its checkpoint, this many times in all before it counts as failed.
+MAX_ATTEMPTS = 3
+# When this many trials have all failed for the user's reasons with the same message, the job
+# fails with that message instead of spending the rest of its budget.
+FAIL_FAST_TRIALS = 3
+
+
+@dataclass(frozen=True)
+class CreateTrials:
+    indices: list[int]
+
+
+@dataclass(frozen=True)
+class Launch:
+    trial_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RequestStop:
+    trial_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FinishTrial:
+    """The controller's verdict on a trial whose run ended without the trainer's."""
+    trial_id: str
+    status: TrialStatus
+    reason: str
+    error_kind: ErrorKind | None = None
+
+
+@dataclass(frozen=True)
+class SetJobStatus:
+    status: JobStatus
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Publish:
+    """Rewrite the leaderboard (and the best model when `final`)."""
+    final: bool = False
+
+
+Action = Union[CreateTrials, Launch, RequestStop, FinishTrial, SetJobStatus, Publish]
+
+
+@dataclass
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+
+    def add(self, action: Action) -> None:
+        self.actions.append(action)
+
+
+def decide(spec: JobSpec, job: JobView, now: float, capacity: int | None) -> list[Action]:
+    """`capacity`: how many distinct trials the sampler can propose (grid), None when unbounded."""
+    plan = Plan()
+    status = job.status
+    if status.is_terminal():
+        return []
+
+    stop_reason = _stop_reason(spec, job, now)
+    if stop_reason and status is JobStatus.RUNNING:
+        plan.add(SetJobStatus(JobStatus.STOPPING, stop_reason))
+        status = JobStatus.STOPPING
+    stopping_reason = stop_reason or job.state.get("reason", "")
+
+    active = [t for t in job.trials if not t.is_terminal]
+    for trial in active:
+        _reconcile_trial(spec, job, trial, status, stopping_reason, plan)
+
+    if status is JobStatus.RUNNING:
+        max_trials = spec.limits.max_trials if capacity is None else min(spec.limits.max_trials, capacity)
+        created = len(job.trials)
+        to_add = min(spec.limits.max_concurrent_trials - len(active), max_trials - created)
+        if to_add > 0:
+            plan.add(CreateTrials(list(range(created, created + to_add))))
+        elif not active and created >= max_trials:
+            _finish(job, plan, reason="all trials finished")
+    elif not active:
+        _finish(job, plan, reason=stopping_reason)
+
+    newly_finished = any(isinstance(a, FinishTrial) for a in plan.actions)
+    if newly_finished or job.state.get("published_trials") != _terminal_count(job):
+        if not any(isinstance(a, Publish) for a in plan.actions):
+            plan.add(Publish(final=False))
+    return plan.actions
+
+
+def _terminal_count(job: JobView) -> int:
+    return sum(t.is_terminal for t in job.trials)
+
+
+def _stop_reason(spec: JobSpec, job: JobView, now: float) -> str:
+    if job.cancel_requested:
+        return "cancelled"
+    if now - job.state["accepted_at"] > spec.limits.timeout_hours * 3600:
+        return f"timeout: timeout_hours={spec.limits.timeout_hours:g} reached"
+    failed = _fail_fast_reason(spec, job)
+    return f"failed: {failed}" if failed else ""
+
+
+def _fail_fast_reason(spec: JobSpec, job: JobView) -> str | None:
+    """The shared message when the first trials all failed for the same user-side reason."""
+    count = min(FAIL_FAST_TRIALS, spec.limits.max_trials)
+    first = sorted(job.trials, key=lambda t: t.trial_id)[:count]
+    if len(first) < count or any(t.trial_status is not TrialStatus.FAILED or t.error_kind is not ErrorKind.USER
+                                 for t in first):
+        return None
+    messages = {(t.error or {}).get("message", "") for t in first}
+    return f"the first {count} trial(s) all failed: {messages.pop()}" if len(messages) == 1 else None
+
+
+def _reconcile_trial(spec: JobSpec, job: JobView, trial: TrialView, status: JobStatus, reason: str,
+                     plan: Plan) -> None:
+    if status is JobStatus.STOPPING and not trial.stop:
+        if trial.launched:
+            plan.add(RequestStop(trial.trial_id, reason))
+        else:
+            plan.add(FinishTrial(trial.trial_id, TrialStatus.STOPPED, reason))
+            return
+    if not trial.launched:
+        if status is JobStatus.RUNNING:
+            plan.add(Launch(trial.trial_id, max(trial.attempt, 1)))
+        return
+    state = trial.run_state
+    if state is None or not state.is_terminal():
+        if status is JobStatus.RUNNING and spec.early_termination and not trial.stop:
+            _early_termination(spec, job, trial, plan)
+        return
+    # The run ended but the trainer left no verdict: stopped on request, or lost.
+    if trial.stop or status is JobStatus.STOPPING:
+        plan.add(FinishTrial(trial.trial_id, TrialStatus.STOPPED, (trial.stop or {}).get("reason", reason)))
+    elif state is RunState.CANCELLED:
+        plan.add(FinishTrial(trial.trial_id, TrialStatus.STOPPED, "cancelled outside the controller"))
+    elif trial.attempt < MAX_ATTEMPTS:
+        plan.add(Launch(trial.trial_id, trial.attempt + 1))
+    else:
+        plan.add(FinishTrial(trial.trial_id, TrialStatus.FAILED,
+                             f"the trial's run ended without a result {trial.attempt} times "
+                             f"(last launcher state: {state.value}); see its logs/",
+                             ErrorKind.INFRASTRUCTURE))
+
+
+def _early_termination(spec: JobSpec, job: JobView, trial: TrialView, plan: Plan) -> None:
+    policy = spec.early_termination
+    assert policy is not None
+    history = stopping.oriented(trial.history(spec.primary_metric), spec.direction)
+    others = [stopping.oriented(t.history(spec.primary_metric), spec.direction)
+              for t in job.trials if t.trial_id != trial.trial_id]
+    if stopping.should_stop(policy, history, [h for h in others if h]):
+        plan.add(RequestStop(trial.trial_id, f"early termination ({policy.policy}) at evaluation {history[-1][0]}"))
+
+
+def _finish(job: JobView, plan: Plan, reason: str) -> None:
+    plan.add(Publish(final=True))
+    if reason == "cancelled":
+        plan.add(SetJobStatus(JobStatus.CANCELLED, reason))
+    elif reason.startswith("failed: "):
+        plan.add(SetJobStatus(JobStatus.FAILED, reason[len("failed: "):]))
+    elif not any(t.trial_status is TrialStatus.COMPLETED or
+                 (t.trial_status is TrialStatus.STOPPED and (t.status or {}).get("metrics"))
+                 for t in job.trials):
+        errors = sorted({(t.error or {}).get("message", t.trial_status.value) for t in job.trials})
+        plan.add(SetJobStatus(JobStatus.FAILED, "no trial produced a model: " + "; ".join(errors)[:2000]))
+    else:
+        plan.add(SetJobStatus(JobStatus.COMPLETED, reason))

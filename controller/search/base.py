@@ -1,0 +1,50 @@
+"""The sampler interface. A sampler keeps no private history: each call gets every finished
+trial from the bucket, so a restarted controller proposes exactly what the dead one would have."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from automl_images.trainer import hyperparameters as hps
+
+from ..distributions import Distribution
+from ..spec import JobSpec
+
+
+@dataclass(frozen=True)
+class Proposal:
+    subspace: int
+    params: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"subspace": self.subspace, "params": self.params}
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A finished trial as samplers see it: the value is None when it produced no metric."""
+    subspace: int
+    params: dict[str, Any]
+    value: float | None
+
+
+class Sampler(Protocol):
+    def ask(self, indices: list[int], history: list[Observation]) -> list[Proposal]:
+        """Proposals for the trials numbered `indices` (the same index always gets the same
+        proposal from the same history)."""
+
+    def capacity(self) -> int | None:
+        """How many distinct proposals exist (grid), or None when unbounded."""
+
+
+def sample_value(spec: JobSpec, name: str, dist: Distribution, rng: np.random.Generator) -> Any:
+    """One draw of `dist`; unbounded draws (normal families) outside the parameter's range are
+    drawn again, so every proposal passes validation."""
+    definition = hps.HYPERPARAMETERS[name]
+    for _ in range(1000):
+        value = dist.sample(rng)
+        if definition.check(value)[1] is None:
+            return value
+    raise ValueError(f"{name}: {dist} produced no value in {definition.range_text()} in 1000 draws")

@@ -1,0 +1,618 @@
+"""The job file: YAML in, a typed and validated `JobSpec` out.
+
+Names follow Azure ML AutoML for Images (task names, hyperparameters, distributions, sampling,
+early termination, `iterations` / `max_concurrent_iterations`). Every problem is reported at once,
+each as `file:line: field.path: what is wrong and what is allowed`.
+
+    automl-images validate job.yaml
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import yaml
+
+from automl_images.trainer import hyperparameters as hps
+from automl_images.trainer import models
+from automl_images.trainer.hyperparameters import Kind, Task
+
+from . import distributions
+from .distributions import Distribution, DistributionError
+
+SAMPLERS = ("random", "grid", "bayesian")
+POLICIES = ("bandit", "median_stopping", "truncation_selection")
+LAUNCHERS = ("local", "skypilot")
+
+# What this version runs. The schema knows more; the rest is refused with a clear message.
+AVAILABLE_SAMPLERS = ("random", "grid")
+AVAILABLE_POLICIES = ("bandit", "median_stopping", "truncation_selection")
+AVAILABLE_LAUNCHERS = ("local",)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+    line: int | None = None
+
+    def render(self, source: str) -> str:
+        where = f"{source}:{self.line}" if self.line else source
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class JobSpecError(ValueError):
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(p.render(source) for p in problems))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": "invalid job file", "source": self.source,
+                "problems": [{"path": p.path, "line": p.line, "message": p.message} for p in self.problems],
+                "message": str(self)}
+
+
+@dataclass(frozen=True)
+class EarlyTermination:
+    policy: str
+    evaluation_interval: int = 1
+    delay_evaluation: int = 0
+    slack_factor: float | None = None
+    slack_amount: float | None = None
+    truncation_percentage: int | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_trials: int = 1
+    max_concurrent_trials: int = 1
+    timeout_hours: float = 144.0
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class Compute:
+    launcher: str = "local"
+
+
+Value = Any  # a constant, or a Distribution
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    task: Task
+    training_data: str
+    validation_data: str | None
+    primary_metric: str
+    sampling: str
+    search_space: tuple[dict[str, Value], ...]  # one dict per subspace; model_name always present
+    arguments: dict[str, Any]
+    limits: Limits
+    compute: Compute
+    early_termination: EarlyTermination | None = None
+    seed: int = 0
+    weights_cache: str | None = None
+    name: str | None = None
+
+    @property
+    def direction(self) -> str:
+        return hps.metric_direction(self.primary_metric)
+
+    def trial_hyperparameters(self, subspace: int, params: dict[str, Any]) -> dict[str, Any]:
+        """The values a trial runs with: the subspace's constants, the fixed arguments that apply
+        to its model, and the sampled `params`, checked and coerced, every default resolved."""
+        space = self.search_space[subspace]
+        values = {k: v for k, v in space.items() if not isinstance(v, Distribution)}
+        values.update(params)
+        model_name = values["model_name"]
+        for name, value in self.arguments.items():
+            if hps.HYPERPARAMETERS[name].applies_to(self.task, model_name):
+                values[name] = value
+        checked = {}
+        for name, value in values.items():
+            coerced, error = hps.HYPERPARAMETERS[name].check(value)
+            if error:
+                raise ValueError(f"{name}: {error}")
+            checked[name] = coerced
+        return hps.resolve(self.task, checked)
+
+    def to_json(self) -> dict[str, Any]:
+        def encode(value: Any) -> Any:
+            if isinstance(value, Distribution):
+                return str(value)
+            if isinstance(value, Task):
+                return value.value
+            if dataclasses.is_dataclass(value):
+                return {k: encode(v) for k, v in dataclasses.asdict(value).items()}
+            if isinstance(value, dict):
+                return {k: encode(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [encode(v) for v in value]
+            return value
+
+        return {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+# ------------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+class _NoDuplicatesSafeLoader(yaml.SafeLoader):
+    """SafeLoader: builds plain data only; tags that would build Python objects are errors."""
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    try:
+        data = yaml.load(text, Loader=_NoDuplicatesSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        node = yaml.compose(text, Loader=_NoDuplicatesSafeLoader)
+    except yaml.constructor.ConstructorError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        tag = getattr(exc, "problem", "") or ""
+        raise JobSpecError(source, [Problem("", f"YAML tag not allowed ({tag.strip()}): a job file is plain "
+                                            "data, tags that build Python objects are refused", line)]) from None
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise JobSpecError(source, [Problem("", f"YAML syntax error: {exc.problem or exc}", line)]) from None
+    except yaml.YAMLError as exc:
+        raise JobSpecError(source, [Problem("", f"YAML error: {exc}")]) from None
+    lines: dict[tuple, int] = {}
+    duplicates: list[Problem] = []
+    _index_lines(node, (), lines, duplicates)
+    if duplicates:
+        raise JobSpecError(source, duplicates)
+    return data, lines
+
+
+def _index_lines(node: Any, path: tuple, lines: dict[tuple, int], duplicates: list[Problem]) -> None:
+    if node is None:
+        return
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                duplicates.append(Problem(_render_path(path + (key,)), "key appears twice",
+                                          key_node.start_mark.line + 1))
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _index_lines(value_node, path + (key,), lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _index_lines(item, path + (i,), lines, duplicates)
+
+
+def _render_path(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+
+
+class _Checker:
+    def __init__(self, source: str, lines: dict[tuple, int]):
+        self.source = source
+        self.lines = lines
+        self.problems: list[Problem] = []
+
+    def add(self, path: tuple, message: str) -> None:
+        line = None
+        for cut in range(len(path), -1, -1):
+            line = self.lines.get(path[:cut])
+            if line:
+                break
+        self.problems.append(Problem(_render_path(path), message, line))
+
+    def mapping(self, value: Any, path: tuple, allowed: dict[str, str], aliases: dict[str, str] | None = None
+                ) -> dict[str, Any]:
+        """Check `value` is a mapping whose keys are in `allowed` (key → description); returns it
+        with aliases renamed."""
+        if not isinstance(value, dict):
+            self.add(path, f"must be a mapping, got {_type(value)}")
+            return {}
+        aliases = aliases or {}
+        out = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                self.add(path, f"keys must be text, got {key!r}")
+                continue
+            name = aliases.get(key, key)
+            if name not in allowed:
+                self.add(path + (key,), _unknown(key, list(allowed) + list(aliases), "key"))
+                continue
+            if name in out:
+                self.add(path + (key,), f"given twice (as {name!r} and its alias)")
+            out[name] = item
+        return out
+
+    def integer(self, value: Any, path: tuple, low: int | None = None, high: int | None = None) -> int | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
+            self.add(path, f"must be an integer, got {value!r}")
+            return None
+        value = int(value)
+        if (low is not None and value < low) or (high is not None and value > high):
+            self.add(path, f"must be between {low} and {high}, got {value}" if high is not None
+                     else f"must be at least {low}, got {value}")
+            return None
+        return value
+
+    def number(self, value: Any, path: tuple, low: float | None = None, high: float | None = None,
+               low_exclusive: bool = False) -> float | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            self.add(path, f"must be a number, got {value!r}")
+            return None
+        if (low is not None and (value < low or (low_exclusive and value == low))) or \
+                (high is not None and value > high):
+            bound = f"{'(' if low_exclusive else '['}{low}, {'∞' if high is None else high}{')' if high is None else ']'}"
+            self.add(path, f"must be in {bound}, got {value}")
+            return None
+        return float(value)
+
+    def text(self, value: Any, path: tuple) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.add(path, f"must be non-empty text, got {value!r}")
+            return None
+        return value.strip()
+
+    def one_of(self, value: Any, path: tuple, allowed: tuple[str, ...], available: tuple[str, ...], what: str
+               ) -> str | None:
+        if value not in allowed:
+            self.add(path, _unknown(str(value), allowed, what))
+            return None
+        if value not in available:
+            self.add(path, f"{what} {value!r} is not available in this version; available: {', '.join(available)}")
+            return None
+        return value
+
+
+def _type(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", int: "an integer",
+            float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _unknown(word: str, allowed, what: str) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {what} {word!r}{hint}; allowed: {', '.join(allowed)}"
+
+
+_TOP = {
+    "name": "display name of the job",
+    "task": "image-classification | image-multi-labeling | image-object-detection | image-instance-segmentation",
+    "training_data": "JSONL, relative to the job file or any fsspec URL",
+    "validation_data": "JSONL (optional)",
+    "primary_metric": "metric to optimise",
+    "sampling": "random | grid | bayesian",
+    "early_termination": "early termination policy",
+    "limits": "max_trials, max_concurrent_trials, timeout_hours, max_cost_usd",
+    "search_space": "list of subspaces",
+    "arguments": "fixed hyperparameters",
+    "compute": "where trials run",
+    "seed": "seed of the sampler and the trials",
+    "weights_cache": "folder or bucket prefix with pretrained weight files",
+}
+_TOP_ALIASES = {"sampling_algorithm": "sampling", "hyperparameter_sampling": "sampling",
+                "early_termination_policy": "early_termination"}
+_LIMITS = {"max_trials": "", "max_concurrent_trials": "", "timeout_hours": "", "max_cost_usd": ""}
+_LIMIT_ALIASES = {"iterations": "max_trials", "max_concurrent_iterations": "max_concurrent_trials",
+                  "experiment_timeout_hours": "timeout_hours", "trial_count": "max_trials"}
+_POLICY_KEYS = {
+    "bandit": ("slack_factor", "slack_amount", "evaluation_interval", "delay_evaluation"),
+    "median_stopping": ("evaluation_interval", "delay_evaluation"),
+    "truncation_selection": ("truncation_percentage", "evaluation_interval", "delay_evaluation"),
+}
+_COMPUTE = {"launcher": "local | skypilot"}
+
+
+def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
+    """Validate a job file's text. Raises JobSpecError listing every problem."""
+    data, lines = _load_yaml(text, source)
+    check = _Checker(source, lines)
+    if data is None:
+        raise JobSpecError(source, [Problem("", "the job file is empty")])
+    top = check.mapping(data, (), _TOP, _TOP_ALIASES)
+    if check.problems and not top:
+        raise JobSpecError(source, check.problems)
+
+    task = None
+    if "task" not in top:
+        check.add(("task",), f"is required; one of {', '.join(t.value for t in Task)}")
+    else:
+        try:
+            task = Task(top["task"])
+        except ValueError:
+            check.add(("task",), _unknown(str(top["task"]), [t.value for t in Task], "task"))
+
+    training_data = check.text(top["training_data"], ("training_data",)) if "training_data" in top else \
+        check.add(("training_data",), "is required: the training JSONL")
+    validation_data = check.text(top["validation_data"], ("validation_data",)) \
+        if top.get("validation_data") is not None else None
+
+    primary_metric = None
+    if task is not None:
+        allowed = hps.PRIMARY_METRICS[task]
+        primary_metric = top.get("primary_metric", allowed[0])
+        if primary_metric not in allowed:
+            owners = [t.value for t, ms in hps.PRIMARY_METRICS.items() if primary_metric in ms]
+            belongs = f"; {primary_metric!r} is a metric of {', '.join(owners)}" if owners else ""
+            check.add(("primary_metric",), f"{primary_metric!r} is not a metric of {task.value}{belongs}; "
+                                           f"allowed: {', '.join(allowed)}")
+
+    sampling = check.one_of(top.get("sampling", "random"), ("sampling",), SAMPLERS, AVAILABLE_SAMPLERS,
+                            "sampling")
+    limits = _limits(check, top.get("limits", {}))
+    compute = _compute(check, top.get("compute", {}))
+    early = _early_termination(check, top["early_termination"]) if top.get("early_termination") else None
+    seed = check.integer(top.get("seed", 0), ("seed",), low=0) or 0
+    weights_cache = check.text(top["weights_cache"], ("weights_cache",)) if top.get("weights_cache") else None
+    name = check.text(top["name"], ("name",)) if top.get("name") is not None else None
+
+    search_space: list[dict[str, Value]] = []
+    arguments: dict[str, Any] = {}
+    if task is not None:
+        search_space = _search_space(check, task, top.get("search_space"))
+        arguments = _arguments(check, task, top.get("arguments"), search_space)
+        if sampling == "grid":
+            for i, space in enumerate(search_space):
+                for hp_name, value in space.items():
+                    if isinstance(value, Distribution) and not value.is_discrete:
+                        check.add(("search_space", i, hp_name),
+                                  f"grid sampling needs discrete values (choice or randint), got {value}; "
+                                  "use random or bayesian sampling, or list the values with choice(...)")
+    if check.problems:
+        raise JobSpecError(source, check.problems)
+    assert task is not None and training_data is not None and primary_metric and sampling
+    return JobSpec(task=task, training_data=training_data, validation_data=validation_data,
+                   primary_metric=primary_metric, sampling=sampling, search_space=tuple(search_space),
+                   arguments=arguments, limits=limits, compute=compute, early_termination=early, seed=seed,
+                   weights_cache=weights_cache, name=name)
+
+
+def _limits(check: _Checker, raw: Any) -> Limits:
+    values = check.mapping(raw, ("limits",), _LIMITS, _LIMIT_ALIASES)
+    path = lambda key: ("limits", next((a for a, k in _LIMIT_ALIASES.items() if k == key and a in (raw or {})), key))
+    max_trials = check.integer(values.get("max_trials", 1), path("max_trials"), 1, 1000) or 1
+    concurrent = check.integer(values.get("max_concurrent_trials", 1), path("max_concurrent_trials"), 1, 100) or 1
+    timeout = check.number(values.get("timeout_hours", 144), path("timeout_hours"), 0, None, low_exclusive=True)
+    cost = check.number(values["max_cost_usd"], path("max_cost_usd"), 0, None, low_exclusive=True) \
+        if values.get("max_cost_usd") is not None else None
+    return Limits(max_trials, concurrent, timeout or 144.0, cost)
+
+
+def _compute(check: _Checker, raw: Any) -> Compute:
+    values = check.mapping(raw, ("compute",), _COMPUTE)
+    launcher = values.get("launcher", "local")
+    if launcher == "skypilot" and "skypilot" not in AVAILABLE_LAUNCHERS:
+        check.add(("compute", "launcher"), "the skypilot launcher is not available in this version "
+                                           f"(available: {', '.join(AVAILABLE_LAUNCHERS)})")
+        return Compute()
+    return Compute(check.one_of(launcher, ("compute", "launcher"), LAUNCHERS, AVAILABLE_LAUNCHERS, "launcher")
+                   or "local")
+
+
+def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
+    if not isinstance(raw, dict):
+        check.add(("early_termination",), f"must be a mapping with a policy, got {_type(raw)}")
+        return None
+    policy = check.one_of(raw.get("policy", raw.get("type")), ("early_termination", "policy"), POLICIES,
+                          AVAILABLE_POLICIES, "policy")
+    if policy is None:
+        return None
+    allowed = {"policy": "", **{k: "" for k in _POLICY_KEYS[policy]}}
+    values = check.mapping(raw, ("early_termination",), allowed, {"type": "policy"})
+    path = lambda key: ("early_termination", key)
+    fields: dict[str, Any] = {
+        "evaluation_interval": check.integer(values.get("evaluation_interval", 1), path("evaluation_interval"), 1),
+        "delay_evaluation": check.integer(values.get("delay_evaluation", 0), path("delay_evaluation"), 0),
+    }
+    if policy == "bandit":
+        given = [k for k in ("slack_factor", "slack_amount") if values.get(k) is not None]
+        if len(given) != 1:
+            check.add(("early_termination",), "bandit needs exactly one of slack_factor or slack_amount"
+                      + (f", got both" if len(given) == 2 else ""))
+        for key in given:
+            fields[key] = check.number(values[key], path(key), 0, None, low_exclusive=True)
+    if policy == "truncation_selection":
+        if values.get("truncation_percentage") is None:
+            check.add(("early_termination",), "truncation_selection needs truncation_percentage (1 to 99)")
+        else:
+            fields["truncation_percentage"] = check.integer(values["truncation_percentage"],
+                                                            path("truncation_percentage"), 1, 99)
+    if any(v is None for k, v in fields.items() if k in ("evaluation_interval", "delay_evaluation")):
+        return None
+    return EarlyTermination(policy=policy, **fields)
+
+
+def _hyperparameter_problem(task: Task, name: str, model_names: list[str]) -> str | None:
+    """Why `name` cannot be set for `task` and these models; None when it can."""
+    definition = hps.HYPERPARAMETERS.get(name)
+    if definition is None:
+        return _unknown(name, [h.name for h in hps.for_task(task)], "hyperparameter")
+    if task not in definition.tasks:
+        return f"{name} does not apply to {task.value} (it is for {', '.join(t.value for t in definition.tasks)})"
+    if definition.models:
+        wrong = [m for m in model_names if m not in definition.models]
+        if wrong:
+            return f"{name} applies only to {', '.join(definition.models)}, not to {', '.join(wrong)}"
+    if not definition.honoured:
+        return f"{name} is known but not yet honoured by this trainer version; remove it rather than have it ignored"
+    return None
+
+
+def _search_space(check: _Checker, task: Task, raw: Any) -> list[dict[str, Value]]:
+    if raw is None:
+        raw = [{}]
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        check.add(("search_space",), f"must be a list of subspaces (mappings), got {_type(raw)}")
+        return []
+    spaces = []
+    for i, subspace in enumerate(raw):
+        path = ("search_space", i)
+        if not isinstance(subspace, dict):
+            check.add(path, f"must be a mapping of hyperparameter: value or distribution, got {_type(subspace)}")
+            continue
+        space: dict[str, Value] = {}
+        for name, value in subspace.items():
+            parsed = _value(check, path + (name,), value)
+            if parsed is not _INVALID:
+                space[str(name)] = parsed
+        model_value = space.get("model_name", hps.DEFAULT_MODELS[task])
+        model_names = _model_names(check, task, path + ("model_name",), model_value)
+        if model_names is None:
+            continue
+        if isinstance(model_value, Distribution):
+            space["model_name"] = distributions.make("choice", tuple(model_names))
+        else:
+            space["model_name"] = model_names[0]
+        for name, value in list(space.items()):
+            if name == "model_name":
+                continue
+            problem = _hyperparameter_problem(task, name, model_names)
+            if problem:
+                check.add(path + (name,), problem)
+                del space[name]
+                continue
+            _check_value(check, path + (name,), hps.HYPERPARAMETERS[name], value)
+        spaces.append(space)
+    return spaces
+
+
+_INVALID = object()
+
+
+def _value(check: _Checker, path: tuple, value: Any) -> Value:
+    if isinstance(value, str):
+        try:
+            dist = distributions.parse(value)
+        except DistributionError as exc:
+            check.add(path, str(exc))
+            return _INVALID
+        return dist if dist is not None else value
+    if isinstance(value, dict) and "distribution" in value:  # {distribution: uniform, args: [...]}
+        try:
+            return distributions.make(value["distribution"], tuple(value.get("args", ())))
+        except (DistributionError, KeyError) as exc:
+            check.add(path, str(exc))
+            return _INVALID
+    if isinstance(value, (dict, list)):
+        check.add(path, f"must be a value or a distribution such as choice(...) or uniform(low, high), got {_type(value)}")
+        return _INVALID
+    return value
+
+
+def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list[str] | None:
+    names = value.values if isinstance(value, Distribution) and value.name == "choice" else [value]
+    if isinstance(value, Distribution) and value.name != "choice":
+        check.add(path, f"model_name takes a name or choice(...), got {value}")
+        return None
+    out = []
+    for raw_name in names:
+        name = models.canonical_name(str(raw_name))
+        task_models = [m.name for m in models.models_for(task)]
+        if name not in models.MODELS:
+            check.add(path, _unknown(name, task_models, f"model for {task.value}"))
+        elif task not in models.MODELS[name].tasks:
+            check.add(path, f"model {name!r} does not apply to {task.value}; models for it: {', '.join(task_models)}")
+        elif not models.MODELS[name].available:
+            ready = [m.name for m in models.models_for(task) if m.available]
+            check.add(path, f"model {name!r} is known but not yet available in this trainer version; "
+                            f"available for {task.value}: {', '.join(ready) or 'none yet'}")
+        else:
+            out.append(name)
+    return out if len(out) == len(names) else None
+
+
+def _check_value(check: _Checker, path: tuple, definition: hps.Hyperparameter, value: Value) -> None:
+    if not isinstance(value, Distribution):
+        _, error = definition.check(value)
+        if error:
+            check.add(path, error)
+        return
+    if definition.kind in (Kind.CHOICE, Kind.TEXT, Kind.FLAG) and value.name not in ("choice", "randint"):
+        check.add(path, f"{definition.name} takes choice(...) of {definition.range_text()}, got {value}")
+        return
+    if value.is_discrete:
+        for item in value.values:
+            _, error = definition.check(item)
+            if error:
+                check.add(path, f"{value}: value {item!r} {error.split(', got')[0]}")
+        return
+    if definition.kind is Kind.INT and not value.produces_integers():
+        check.add(path, f"{definition.name} is an integer: use randint, choice or a q-distribution with an "
+                        f"integer q (e.g. quniform(low, high, 1)), got {value}")
+        return
+    support = value.support()
+    if support is not None:
+        for end in support:
+            _, error = definition.check(end)
+            if error:
+                check.add(path, f"{value} can produce {end:g}, but {definition.name} {error.split(', got')[0]}")
+                return
+    elif value.name.startswith(("normal", "qnormal")) or value.is_log:
+        # Unbounded: samples outside the parameter's range are drawn again (see search/). Say so only
+        # when the distribution's bulk lies outside the range.
+        centre = math.exp(value.args[0]) if value.is_log else value.args[0]
+        _, error = definition.check(int(round(centre)) if definition.kind is Kind.INT else centre)
+        if error:
+            check.add(path, f"{value} is centred at {centre:g}, but {definition.name} {error.split(', got')[0]}")
+
+
+def _arguments(check: _Checker, task: Task, raw: Any, spaces: list[dict[str, Value]]) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    path = ("arguments",)
+    if isinstance(raw, list):  # Azure's ["--name", value, ...]
+        if len(raw) % 2:
+            check.add(path, "a list of arguments must alternate \"--name\" and value")
+            return {}
+        pairs = []
+        for i in range(0, len(raw), 2):
+            name = raw[i]
+            if not isinstance(name, str) or not name.startswith("--"):
+                check.add(path + (i,), f"expected a name starting with --, got {name!r}")
+                continue
+            pairs.append((name[2:], raw[i + 1], path + (i + 1,)))
+    elif isinstance(raw, dict):
+        pairs = [(str(k), v, path + (k,)) for k, v in raw.items()]
+    else:
+        check.add(path, f"must be a mapping or Azure's [\"--name\", value, ...] list, got {_type(raw)}")
+        return {}
+    all_models = sorted({m for s in spaces for m in _space_models(s)})
+    out = {}
+    for name, value, item_path in pairs:
+        definition = hps.HYPERPARAMETERS.get(name)
+        applicable = [m for m in all_models if definition and definition.applies_to(task, m)]
+        problem = _hyperparameter_problem(task, name, applicable or all_models)
+        if problem:
+            check.add(item_path, problem)
+            continue
+        if name == "model_name":
+            check.add(item_path, "set model_name in search_space, not in arguments")
+            continue
+        for i, space in enumerate(spaces):
+            if name in space:
+                check.add(item_path, f"{name} is set both in arguments and in search_space[{i}]")
+        coerced, error = definition.check(value)
+        if error:
+            check.add(item_path, error)
+            continue
+        out[name] = coerced
+    return out
+
+
+def _space_models(space: dict[str, Value]) -> list[str]:
+    value = space.get("model_name")
+    return list(value.values) if isinstance(value, Distribution) else [value] if value else []
+
+

@@ -1,0 +1,15 @@
+"""Bandit: stop a trial whose score at this evaluation is not within the slack of the best score
+any trial had at the same evaluation (slack_factor: ratio; slack_amount: absolute)."""
+from __future__ import annotations
+
+
+def bandit(policy, trial, others) -> bool:
+    evaluation, score = trial[-1]
+    at_same = [dict(h).get(evaluation) for h in others]
+    best = max([score] + [v for v in at_same if v is not None])
+    if policy.slack_amount is not None:
+        return score < best - policy.slack_amount
+    # Scores are oriented higher-is-better; for a negated (minimised) metric the ratio works on
+    # the magnitudes: best / (1 + slack) for positive scores, best * (1 + slack) for negative ones.
+    threshold = best / (1 + policy.slack_factor) if best >= 0 else best * (1 + policy.slack_factor)
+    return score < threshold

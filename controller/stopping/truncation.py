@@ -1,0 +1,15 @@
+"""Truncation selection: at each due evaluation, stop the trial if it is among the lowest
+`truncation_percentage` percent of all trials that reached that evaluation."""
+from __future__ import annotations
+
+import math
+
+
+def truncation_selection(policy, trial, others) -> bool:
+    evaluation, score = trial[-1]
+    scores = [score] + [v for v in (dict(h).get(evaluation) for h in others) if v is not None]
+    cut = math.floor(len(scores) * policy.truncation_percentage / 100)
+    if cut < 1:
+        return False
+    lowest = sorted(scores)[:cut]
+    return score <= lowest[-1] and sorted(scores).index(score) < cut

@@ -1,0 +1,87 @@
+"""The trial spec: everything one trial needs, with every default resolved.
+
+The controller writes it once as `spec.json` in the trial folder; `automl-images trial run SPEC_URL`
+reads it. It is plain JSON so that a person can read it and rerun a trial by hand.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from . import hyperparameters as hp_registry
+from .hyperparameters import Task
+
+SCHEMA_VERSION = 1
+
+
+class SpecError(ValueError):
+    """A trial spec that the trainer cannot run; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    job_id: str
+    trial_id: str
+    task: Task
+    primary_metric: str
+    training_data: str                 # absolute URL or path of the training JSONL
+    validation_data: str | None        # None: split `split_ratio` of the training data
+    hyperparameters: dict[str, Any]    # every hyperparameter of the task and model, resolved
+    output: str                        # the trial folder (URL or path)
+    seed: int = 0
+    max_bad_image_ratio: float = 0.05  # above this share of unreadable images the trial fails
+    weights_cache: str | None = None   # folder or bucket prefix with pretrained weight files
+    # What the sampler chose for this trial (subspace index and sampled values): for people and the
+    # leaderboard; the trainer runs `hyperparameters`, which already include them.
+    sweep: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["task"] = self.task.value
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrialSpec":
+        if not isinstance(data, dict):
+            raise SpecError("trial spec must be a JSON object")
+        version = data.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise SpecError(f"schema_version {version} is not supported (this trainer reads {SCHEMA_VERSION})")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SpecError(f"unknown field(s) in trial spec: {', '.join(unknown)}")
+        for required in ("job_id", "trial_id", "task", "primary_metric", "training_data", "hyperparameters", "output"):
+            if data.get(required) in (None, ""):
+                raise SpecError(f"trial spec field {required!r} is required")
+        try:
+            task = Task(data["task"])
+        except ValueError:
+            raise SpecError(f"trial spec field 'task': unknown task {data['task']!r}") from None
+        hyperparameters = dict(data["hyperparameters"])
+        for name, value in hyperparameters.items():
+            definition = hp_registry.HYPERPARAMETERS.get(name)
+            if definition is None:
+                raise SpecError(f"trial spec hyperparameters.{name}: unknown hyperparameter")
+            if value is None:
+                continue
+            _, error = definition.check(value)
+            if error:
+                raise SpecError(f"trial spec hyperparameters.{name}: {error}")
+        fields = {k: v for k, v in data.items() if k in known}
+        fields["task"] = task
+        fields["hyperparameters"] = hp_registry.resolve(task, hyperparameters)
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "TrialSpec":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"trial spec is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def hp(self, name: str) -> Any:
+        return self.hyperparameters.get(name)

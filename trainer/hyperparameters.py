@@ -1,0 +1,247 @@
+"""Every hyperparameter of Azure ML AutoML for Images, with its type, range and per-task default.
+
+One registry, owned by the trainer: the controller validates job files against it, the trainer
+resolves each trial's settings from it, and the README's table is generated from the same data.
+`honoured` says whether this trainer acts on the setting today: a job that sets one it does not
+is refused (never silently ignored).
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+
+class Task(str, enum.Enum):
+    CLASSIFICATION = "image-classification"
+    MULTI_LABEL = "image-multi-labeling"
+    OBJECT_DETECTION = "image-object-detection"
+    INSTANCE_SEGMENTATION = "image-instance-segmentation"
+
+    @property
+    def is_classification(self) -> bool:
+        return self in (Task.CLASSIFICATION, Task.MULTI_LABEL)
+
+
+CLASSIFICATION_TASKS = (Task.CLASSIFICATION, Task.MULTI_LABEL)
+DETECTION_TASKS = (Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION)
+ALL_TASKS = tuple(Task)
+
+# The default primary metric per task, and the metrics each task can optimise.
+PRIMARY_METRICS: dict[Task, tuple[str, ...]] = {
+    Task.CLASSIFICATION: ("accuracy", "precision_score_weighted", "recall_score_weighted",
+                          "f1_score_weighted", "log_loss"),
+    Task.MULTI_LABEL: ("iou",),
+    Task.OBJECT_DETECTION: ("mean_average_precision",),
+    Task.INSTANCE_SEGMENTATION: ("mean_average_precision",),
+}
+MINIMIZED_METRICS = frozenset({"log_loss", "loss"})
+
+
+def metric_direction(metric: str) -> str:
+    return "minimize" if metric in MINIMIZED_METRICS else "maximize"
+
+
+class Kind(str, enum.Enum):
+    INT = "int"
+    FLOAT = "float"
+    FLAG = "flag"      # 0 or 1 (Azure writes booleans this way); true/false accepted
+    CHOICE = "choice"  # one of `choices`
+    TEXT = "text"      # free text (a model name is checked against the model registry)
+
+
+Default = Any | Callable[[Task, str], Any]  # a value, or a function of (task, model_name)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    name: str
+    kind: Kind
+    description: str
+    default: Default = None
+    low: float | None = None          # inclusive bounds for INT and FLOAT
+    high: float | None = None
+    low_exclusive: bool = False       # "positive integer" and (0, 1] style bounds
+    choices: tuple[str, ...] = ()
+    tasks: tuple[Task, ...] = ALL_TASKS
+    models: tuple[str, ...] = ()      # empty: every model of the task
+    honoured: bool = True             # False: known to the schema, not yet acted on by the trainer
+
+    def default_for(self, task: Task, model_name: str) -> Any:
+        return self.default(task, model_name) if callable(self.default) else self.default
+
+    def applies_to(self, task: Task, model_name: str | None) -> bool:
+        if task not in self.tasks:
+            return False
+        return not self.models or model_name is None or model_name in self.models
+
+    def range_text(self) -> str:
+        if self.kind is Kind.FLAG:
+            return "0 or 1"
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.low is None and self.high is None:
+            return "any"
+        left = "(" if self.low_exclusive else "["
+        high = "∞" if self.high is None else _fmt(self.high)
+        right = ")" if self.high is None else "]"
+        return f"{'integer ' if self.kind is Kind.INT else ''}{left}{_fmt(self.low)}, {high}{right}"
+
+    def check(self, value: Any) -> tuple[Any, str | None]:
+        """Coerce `value` to this parameter's type. Returns (value, error message or None)."""
+        if self.kind is Kind.FLAG:
+            if isinstance(value, bool):
+                return int(value), None
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return int(value), None
+            if isinstance(value, str) and value.strip().lower() in ("0", "1", "true", "false"):
+                return int(value.strip().lower() in ("1", "true")), None
+            return value, f"must be 0 or 1, got {value!r}"
+        if self.kind is Kind.CHOICE:
+            if value not in self.choices:
+                return value, f"must be one of {', '.join(self.choices)}; got {value!r}"
+            return value, None
+        if self.kind is Kind.TEXT:
+            if not isinstance(value, str) or not value:
+                return value, f"must be a non-empty string, got {value!r}"
+            return value, None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, str):
+                try:
+                    value = float(value) if self.kind is Kind.FLOAT else int(value)
+                except ValueError:
+                    return value, f"must be {'a number' if self.kind is Kind.FLOAT else 'an integer'}, got {value!r}"
+            else:
+                return value, f"must be {'a number' if self.kind is Kind.FLOAT else 'an integer'}, got {value!r}"
+        if self.kind is Kind.INT:
+            if isinstance(value, float):
+                if not value.is_integer():
+                    return value, f"must be an integer, got {value!r}"
+                value = int(value)
+        else:
+            value = float(value)
+        if self.low is not None and (value < self.low or (self.low_exclusive and value == self.low)):
+            return value, f"must be in {self.range_text()}, got {value!r}"
+        if self.high is not None and value > self.high:
+            return value, f"must be in {self.range_text()}, got {value!r}"
+        return value, None
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-∞"
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _per_task(classification: Any, multi_label: Any, detection: Any, yolo: Any = None) -> Callable[[Task, str], Any]:
+    def pick(task: Task, model_name: str) -> Any:
+        if task is Task.CLASSIFICATION:
+            return classification
+        if task is Task.MULTI_LABEL:
+            return multi_label
+        if model_name == "yolov5" and yolo is not None:
+            return yolo
+        return detection
+    return pick
+
+
+def _positive_int(name: str, description: str, default: Default, **kw: Any) -> Hyperparameter:
+    return Hyperparameter(name, Kind.INT, description, default, low=0, low_exclusive=True, **kw)
+
+
+def _unit_float(name: str, description: str, default: Default, **kw: Any) -> Hyperparameter:
+    return Hyperparameter(name, Kind.FLOAT, description, default, low=0.0, high=1.0, **kw)
+
+
+DEFAULT_MODELS = {
+    Task.CLASSIFICATION: "resnet50",
+    Task.MULTI_LABEL: "resnet50",
+    Task.OBJECT_DETECTION: "fasterrcnn_resnet50_fpn",
+    Task.INSTANCE_SEGMENTATION: "maskrcnn_resnet50_fpn",
+}
+
+_DETECTION_NOT_YOLO = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet18_fpn",
+                       "retinanet_resnet50_fpn", "maskrcnn_resnet50_fpn")
+
+_REGISTRY: tuple[Hyperparameter, ...] = (
+    # --- model selection -----------------------------------------------------------------------
+    Hyperparameter("model_name", Kind.TEXT, "Model architecture (see the model list).",
+                   default=lambda task, _model: DEFAULT_MODELS[task]),
+    Hyperparameter("pretrained", Kind.FLAG, "Start from pretrained weights (weights cache first, then "
+                   "the library's download); 0 trains from scratch.", default=1),
+    # --- model-agnostic ------------------------------------------------------------------------
+    _positive_int("number_of_epochs", "Number of training epochs.", _per_task(15, 15, 15, 30)),
+    _positive_int("training_batch_size", "Training batch size.", _per_task(78, 78, 2, 16)),
+    _positive_int("validation_batch_size", "Validation batch size.", _per_task(78, 78, 2, 16)),
+    Hyperparameter("early_stopping", Kind.FLAG, "Stop a trial when the primary metric stops improving.", 1),
+    _positive_int("early_stopping_patience", "Evaluations without improvement before stopping.", 5),
+    _positive_int("early_stopping_delay", "Evaluations to wait before tracking improvement.", 5),
+    _unit_float("learning_rate", "Initial learning rate.", _per_task(0.01, 0.035, 0.05, 0.01),
+                low_exclusive=True),
+    Hyperparameter("lr_scheduler", Kind.CHOICE, "Learning rate scheduler.", "warmup_cosine",
+                   choices=("warmup_cosine", "step")),
+    _unit_float("step_lr_gamma", "Gamma of the step scheduler.", 0.5),
+    _positive_int("step_lr_step_size", "Step size (epochs) of the step scheduler.", 5),
+    _unit_float("warmup_cosine_lr_cycles", "Cosine cycles of the warmup_cosine scheduler.", 0.45),
+    Hyperparameter("warmup_cosine_lr_warmup_epochs", Kind.INT, "Warmup epochs of the warmup_cosine "
+                   "scheduler.", 2, low=0),
+    Hyperparameter("optimizer", Kind.CHOICE, "Optimizer.", "sgd", choices=("sgd", "adam", "adamw")),
+    _unit_float("momentum", "Momentum (sgd).", 0.9),
+    _unit_float("weight_decay", "Weight decay (sgd, adam, adamw).", 1e-4),
+    Hyperparameter("nesterov", Kind.FLAG, "Nesterov momentum (sgd).", 1),
+    _unit_float("beta1", "beta1 (adam, adamw).", 0.9),
+    _unit_float("beta2", "beta2 (adam, adamw).", 0.999),
+    Hyperparameter("amsgrad", Kind.FLAG, "AMSGrad (adam, adamw).", 0),
+    _positive_int("evaluation_frequency", "Evaluate the validation set every N epochs.", 1),
+    Hyperparameter("split_ratio", Kind.FLOAT, "Validation share of the training data when no "
+                   "validation data is given.", 0.2, low=0.0, high=1.0, low_exclusive=True),
+    _positive_int("checkpoint_frequency", "Also keep a checkpoint every N epochs (the best epoch's "
+                  "model is always kept).", None),
+    Hyperparameter("layers_to_freeze", Kind.INT, "How many of the model's freezable layers to freeze, "
+                   "from the input side.", None, low=0),
+    # --- classification ------------------------------------------------------------------------
+    Hyperparameter("weighted_loss", Kind.INT, "0: none; 1: sqrt(class weights); 2: class weights.", 0,
+                   low=0, high=2, tasks=CLASSIFICATION_TASKS),
+    _positive_int("resize_size", "Image size before cropping (validation).", 256, tasks=CLASSIFICATION_TASKS),
+    _positive_int("crop_size", "Crop size fed to the network.", 224, tasks=CLASSIFICATION_TASKS),
+    # --- detection and segmentation (all models) -------------------------------------------------
+    Hyperparameter("validation_metric_type", Kind.CHOICE, "Metric computation for validation.", "voc",
+                   choices=("none", "coco", "voc", "coco_voc"), tasks=DETECTION_TASKS, honoured=False),
+    _positive_int("min_size", "Minimum image size fed to the backbone.", 600, tasks=DETECTION_TASKS,
+                  models=_DETECTION_NOT_YOLO, honoured=False),
+    _positive_int("max_size", "Maximum image size fed to the backbone.", 1333, tasks=DETECTION_TASKS,
+                  models=_DETECTION_NOT_YOLO, honoured=False),
+    _unit_float("box_score_thresh", "Score threshold for returned boxes.",
+                _per_task(None, None, 0.3, 0.1), tasks=DETECTION_TASKS, honoured=False),
+    _unit_float("box_nms_thresh", "NMS threshold of the prediction head.", 0.5, tasks=DETECTION_TASKS,
+                models=_DETECTION_NOT_YOLO, honoured=False),
+    _positive_int("box_detections_per_img", "Maximum detections per image.", 100, tasks=DETECTION_TASKS,
+                  models=_DETECTION_NOT_YOLO, honoured=False),
+    # --- yolov5 --------------------------------------------------------------------------------
+    _positive_int("img_size", "Image size for train and validation (yolov5).", 640,
+                  tasks=(Task.OBJECT_DETECTION,), models=("yolov5",), honoured=False),
+    Hyperparameter("model_size", Kind.CHOICE, "Model size (yolov5).", "medium",
+                   choices=("small", "medium", "large", "xlarge"), tasks=(Task.OBJECT_DETECTION,),
+                   models=("yolov5",), honoured=False),
+    Hyperparameter("multi_scale", Kind.FLAG, "Vary image size by +/-50% (yolov5).", 0,
+                   tasks=(Task.OBJECT_DETECTION,), models=("yolov5",), honoured=False),
+    _unit_float("box_iou_thresh", "IoU threshold of NMS (yolov5).", 0.5, tasks=(Task.OBJECT_DETECTION,),
+                models=("yolov5",), honoured=False),
+)
+
+HYPERPARAMETERS: Mapping[str, Hyperparameter] = {hp.name: hp for hp in _REGISTRY}
+
+
+def for_task(task: Task, model_name: str | None = None) -> list[Hyperparameter]:
+    return [hp for hp in _REGISTRY if hp.applies_to(task, model_name)]
+
+
+def resolve(task: Task, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Every hyperparameter of the task and model with its value: `values` first, else the default.
+    `values` must already be validated (see the controller's spec module)."""
+    model_name = values.get("model_name") or HYPERPARAMETERS["model_name"].default_for(task, "")
+    out = {}
+    for hp in for_task(task, model_name):
+        out[hp.name] = values[hp.name] if hp.name in values else hp.default_for(task, model_name)
+    out["model_name"] = model_name
+    return out
