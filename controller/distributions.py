@@ -79,6 +79,19 @@ class Distribution:
             return (_quantize(low, self.q), _quantize(high, self.q)) if self.q else (low, high)
         return None  # normal families: unbounded (lognormal: (0, inf))
 
+    def probability_within(self, low: float | None, high: float | None) -> float:
+        """The share of draws that fall in [low, high] (before q-rounding): how often a truncated
+        draw of an unbounded distribution succeeds."""
+        if self.name not in ("normal", "qnormal", "lognormal", "qlognormal"):
+            return 1.0
+        mu, sigma = self.args[0], self.args[1]
+        if self.is_log:  # exp(normal) > 0: compare on the log scale; a bound at or below 0 excludes nothing
+            low = math.log(low) if low is not None and low > 0 else None
+            if high is not None:
+                high = math.log(high) if high > 0 else -math.inf
+        cdf = lambda x: 0.5 * (1 + math.erf((x - mu) / (sigma * math.sqrt(2))))
+        return (1.0 if high is None else cdf(high)) - (0.0 if low is None else cdf(low))
+
     def produces_integers(self) -> bool:
         if self.name == "choice":
             return all(isinstance(v, int) and not isinstance(v, bool) for v in self.args)
@@ -155,6 +168,10 @@ def _bare(token: str) -> Any:
 
 
 def make(name: str, args: tuple[Any, ...]) -> Distribution:
+    if name not in NAMES:
+        close = _close(str(name), NAMES)
+        hint = f" (did you mean {close}?)" if close else ""
+        raise DistributionError(f"unknown distribution {name!r}{hint}; allowed: {', '.join(NAMES)}")
     if name == "choice":
         if not args:
             raise DistributionError("choice() needs at least one value")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from typing import Any
 
 from .state import TrialView
@@ -25,7 +26,7 @@ def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[
 
     def rank(row: dict[str, Any]) -> tuple:
         value = row["metrics"].get(primary_metric)
-        if not isinstance(value, (int, float)):
+        if not _is_number(value):
             return (1, 0.0, row["trial_id"])
         return (0, -value if direction == "maximize" else value, row["trial_id"])
 
@@ -33,10 +34,15 @@ def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[
     return {"primary_metric": primary_metric, "direction": direction, "trials": rows}
 
 
+def _is_number(value: Any) -> bool:
+    """A usable metric: a diverged trial's NaN ranks with the trials that have none."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def best_trial(board: dict[str, Any]) -> dict[str, Any] | None:
     """The best trial that produced a metric (completed, or stopped after an evaluation)."""
     for row in board["trials"]:
-        if isinstance(row["metrics"].get(board["primary_metric"]), (int, float)) and \
+        if _is_number(row["metrics"].get(board["primary_metric"])) and \
                 row["status"] in ("completed", "stopped"):
             return row
     return None

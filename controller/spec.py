@@ -351,7 +351,7 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
                             "sampling")
     limits = _limits(check, top.get("limits", {}))
     compute = _compute(check, top.get("compute", {}))
-    early = _early_termination(check, top["early_termination"]) if top.get("early_termination") else None
+    early = _early_termination(check, top["early_termination"]) if top.get("early_termination") is not None else None
     seed = check.integer(top.get("seed", 0), ("seed",), low=0) or 0
     weights_cache = check.text(top["weights_cache"], ("weights_cache",)) if top.get("weights_cache") else None
     name = check.text(top["name"], ("name",)) if top.get("name") is not None else None
@@ -379,7 +379,8 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
 
 def _limits(check: _Checker, raw: Any) -> Limits:
     values = check.mapping(raw, ("limits",), _LIMITS, _LIMIT_ALIASES)
-    path = lambda key: ("limits", next((a for a, k in _LIMIT_ALIASES.items() if k == key and a in (raw or {})), key))
+    given = raw if isinstance(raw, dict) else {}
+    path = lambda key: ("limits", next((a for a, k in _LIMIT_ALIASES.items() if k == key and a in given), key))
     max_trials = check.integer(values.get("max_trials", 1), path("max_trials"), 1, 1000) or 1
     concurrent = check.integer(values.get("max_concurrent_trials", 1), path("max_concurrent_trials"), 1, 100) or 1
     timeout = check.number(values.get("timeout_hours", 144), path("timeout_hours"), 0, None, low_exclusive=True)
@@ -402,6 +403,9 @@ def _compute(check: _Checker, raw: Any) -> Compute:
 def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
     if not isinstance(raw, dict):
         check.add(("early_termination",), f"must be a mapping with a policy, got {_type(raw)}")
+        return None
+    if raw.get("policy", raw.get("type")) is None:
+        check.add(("early_termination",), f"needs a policy: one of {', '.join(POLICIES)}")
         return None
     policy = check.one_of(raw.get("policy", raw.get("type")), ("early_termination", "policy"), POLICIES,
                           AVAILABLE_POLICIES, "policy")
@@ -453,8 +457,12 @@ def _search_space(check: _Checker, task: Task, raw: Any) -> list[dict[str, Value
         raw = [{}]
     if isinstance(raw, dict):
         raw = [raw]
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list):
         check.add(("search_space",), f"must be a list of subspaces (mappings), got {_type(raw)}")
+        return []
+    if not raw:
+        check.add(("search_space",), "must hold at least one subspace; leave it out to train the task's "
+                                     "default model once")
         return []
     spaces = []
     for i, subspace in enumerate(raw):
@@ -469,12 +477,13 @@ def _search_space(check: _Checker, task: Task, raw: Any) -> list[dict[str, Value
                 space[str(name)] = parsed
         model_value = space.get("model_name", hps.DEFAULT_MODELS[task])
         model_names = _model_names(check, task, path + ("model_name",), model_value)
-        if model_names is None:
-            continue
-        if isinstance(model_value, Distribution):
-            space["model_name"] = distributions.make("choice", tuple(model_names))
-        else:
-            space["model_name"] = model_names[0]
+        if model_names:
+            if isinstance(model_value, Distribution):
+                space["model_name"] = distributions.make("choice", tuple(model_names))
+            else:
+                space["model_name"] = model_names[0]
+        # With an invalid model the spec is rejected anyway; the other fields are still checked
+        # against the known models of the subspace, so that every problem is reported at once.
         for name, value in list(space.items()):
             if name == "model_name":
                 continue
@@ -511,11 +520,12 @@ def _value(check: _Checker, path: tuple, value: Any) -> Value:
     return value
 
 
-def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list[str] | None:
+def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list[str]:
+    """The subspace's known model names for this task (problems reported for the others)."""
     names = value.values if isinstance(value, Distribution) and value.name == "choice" else [value]
     if isinstance(value, Distribution) and value.name != "choice":
         check.add(path, f"model_name takes a name or choice(...), got {value}")
-        return None
+        return []
     out = []
     for raw_name in names:
         name = models.canonical_name(str(raw_name))
@@ -524,13 +534,13 @@ def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list
             check.add(path, _unknown(name, task_models, f"model for {task.value}"))
         elif task not in models.MODELS[name].tasks:
             check.add(path, f"model {name!r} does not apply to {task.value}; models for it: {', '.join(task_models)}")
-        elif not models.MODELS[name].available:
-            ready = [m.name for m in models.models_for(task) if m.available]
-            check.add(path, f"model {name!r} is known but not yet available in this trainer version; "
-                            f"available for {task.value}: {', '.join(ready) or 'none yet'}")
         else:
+            if not models.MODELS[name].available:
+                ready = [m.name for m in models.models_for(task) if m.available]
+                check.add(path, f"model {name!r} is known but not yet available in this trainer version; "
+                                f"available for {task.value}: {', '.join(ready) or 'none yet'}")
             out.append(name)
-    return out if len(out) == len(names) else None
+    return out
 
 
 def _check_value(check: _Checker, path: tuple, definition: hps.Hyperparameter, value: Value) -> None:
@@ -559,13 +569,13 @@ def _check_value(check: _Checker, path: tuple, definition: hps.Hyperparameter, v
             if error:
                 check.add(path, f"{value} can produce {end:g}, but {definition.name} {error.split(', got')[0]}")
                 return
-    elif value.name.startswith(("normal", "qnormal")) or value.is_log:
-        # Unbounded: samples outside the parameter's range are drawn again (see search/). Say so only
-        # when the distribution's bulk lies outside the range.
-        centre = math.exp(value.args[0]) if value.is_log else value.args[0]
-        _, error = definition.check(int(round(centre)) if definition.kind is Kind.INT else centre)
-        if error:
-            check.add(path, f"{value} is centred at {centre:g}, but {definition.name} {error.split(', got')[0]}")
+    else:
+        # Unbounded: draws outside the parameter's range are drawn again (see search/), which only
+        # works when enough of them fall inside.
+        share = value.probability_within(definition.low, definition.high)
+        if share < 0.01:
+            check.add(path, f"only {share:.2%} of {value}'s draws fall in {definition.range_text()}, the range "
+                            f"of {definition.name}; narrow it or move it inside")
 
 
 def _arguments(check: _Checker, task: Task, raw: Any, spaces: list[dict[str, Value]]) -> dict[str, Any]:

@@ -27,9 +27,9 @@ def oriented(history: History, direction: str) -> History:
 
 
 def due(policy: EarlyTermination, evaluation: int) -> bool:
-    """Whether the policy is applied at this evaluation: every `evaluation_interval` evaluations,
-    after the first `delay_evaluation`."""
-    return evaluation > policy.delay_evaluation and evaluation % policy.evaluation_interval == 0
+    """Whether the policy is applied at this evaluation: as AzureML does, at every multiple of
+    `evaluation_interval` that is greater than or equal to `delay_evaluation`."""
+    return evaluation >= policy.delay_evaluation and evaluation % policy.evaluation_interval == 0
 
 
 def should_stop(policy: EarlyTermination, trial: History, others: list[History]) -> bool:

@@ -1,0 +1,151 @@
+"""The leaderboard: every trial, best first, rendered as JSON, CSV, a terminal table or Markdown."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from automl_images.controller import leaderboard
+from automl_images.controller.state import TrialView
+
+
+def view(index: int, status: str, metrics: dict | None = None, *, lr: float = 0.01, model: str = "resnet18",
+         error: str | None = None, best: bool = False, epochs: int = 3, duration: float | None = 12.5) -> TrialView:
+    record: dict = {"status": status, "epochs": epochs, "duration_s": duration}
+    if metrics is not None:
+        if best:  # a running trial reports its best evaluation so far under "best"
+            record["best"] = {"metrics": metrics}
+        else:
+            record["metrics"] = metrics
+    if error:
+        record["error"] = {"kind": "user", "message": error}
+    return TrialView(f"t{index:04d}", {"subspace": 0, "params": {"learning_rate": lr, "model_name": model}},
+                     status=record)
+
+
+TRIALS = [
+    view(0, "completed", {"accuracy": 0.81, "loss": 0.52}, lr=0.01),
+    view(1, "failed", None, lr=0.5, error="out of memory"),
+    view(2, "completed", {"accuracy": 0.93, "loss": 0.21}, lr=0.02, model="mobilenetv2"),
+    view(3, "stopped", {"accuracy": 0.42, "loss": 1.3}, lr=0.001),
+    view(4, "running", {"accuracy": 0.88, "loss": 0.3}, lr=0.005, best=True),
+    TrialView("t0005", {"subspace": 0, "params": {"learning_rate": 0.03, "model_name": "resnet18"}}),  # pending
+]
+
+
+def order(board) -> list[str]:
+    return [row["trial_id"] for row in board["trials"]]
+
+
+def test_maximize_best_first_and_trials_without_metrics_last():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    assert order(board) == ["t0002", "t0004", "t0000", "t0003", "t0001", "t0005"]
+    assert board["primary_metric"] == "accuracy" and board["direction"] == "maximize"
+
+
+def test_minimize_best_first():
+    board = leaderboard.build("loss", "minimize", TRIALS)
+    assert order(board) == ["t0002", "t0004", "t0000", "t0003", "t0001", "t0005"]
+    board = leaderboard.build("loss", "minimize", [view(0, "completed", {"loss": 0.9}),
+                                                   view(1, "completed", {"loss": 0.1}),
+                                                   view(2, "completed", {"loss": 0.5})])
+    assert order(board) == ["t0001", "t0002", "t0000"]
+
+
+def test_ties_and_metricless_trials_are_ordered_by_trial_id():
+    trials = [view(3, "completed", {"accuracy": 0.5}), view(1, "failed"), view(2, "completed", {"accuracy": 0.5}),
+              view(0, "pending")]
+    assert order(leaderboard.build("accuracy", "maximize", trials)) == ["t0002", "t0003", "t0000", "t0001"]
+
+
+def test_rows():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    rows = {row["trial_id"]: row for row in board["trials"]}
+    assert rows["t0002"] == {"trial_id": "t0002", "status": "completed",
+                             "params": {"learning_rate": 0.02, "model_name": "mobilenetv2"},
+                             "metrics": {"accuracy": 0.93, "loss": 0.21}, "epochs": 3, "duration_s": 12.5,
+                             "error": None}
+    assert rows["t0001"]["error"] == "out of memory" and rows["t0001"]["metrics"] == {}
+    assert rows["t0004"]["metrics"] == {"accuracy": 0.88, "loss": 0.3}  # from "best"
+    assert rows["t0005"]["status"] == "pending" and rows["t0005"]["epochs"] == 0
+
+
+def test_non_scalar_metrics_are_left_out():
+    board = leaderboard.build("accuracy", "maximize", [
+        view(0, "completed", {"accuracy": 0.9, "per_class": {"a": 1.0}, "confusion": [[1, 0], [0, 1]],
+                              "flag": True, "note": "ok"})])
+    assert board["trials"][0]["metrics"] == {"accuracy": 0.9, "note": "ok"}
+
+
+def test_best_trial_has_a_metric_and_a_model():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    assert leaderboard.best_trial(board)["trial_id"] == "t0002"  # t0004 is better than others but running
+    only_running = leaderboard.build("accuracy", "maximize", [TRIALS[4], TRIALS[1]])
+    assert leaderboard.best_trial(only_running) is None
+    stopped = leaderboard.build("accuracy", "maximize", [TRIALS[3], TRIALS[1]])
+    assert leaderboard.best_trial(stopped)["trial_id"] == "t0003"
+    assert leaderboard.best_trial(leaderboard.build("accuracy", "maximize", [])) is None
+
+
+def test_nan_metric_is_ranked_last():
+    trials = [view(0, "completed", {"accuracy": 0.5}), view(1, "completed", {"accuracy": float("nan")}),
+              view(2, "completed", {"accuracy": 0.9}), view(3, "completed", {"accuracy": 0.7})]
+    board = leaderboard.build("accuracy", "maximize", trials)
+    assert order(board) == ["t0002", "t0003", "t0000", "t0001"]
+    assert leaderboard.best_trial(board)["trial_id"] == "t0002"
+
+
+def test_csv():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    rows = list(csv.reader(io.StringIO(leaderboard.to_csv(board))))
+    assert rows[0] == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name", "epochs",
+                       "duration_s"]
+    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5"]
+    assert rows[5] == ["5", "t0001", "failed", "", "", "0.5", "resnet18", "3", "12.5"]
+    assert [r[1] for r in rows[1:]] == order(board)
+
+
+def test_table():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    lines = leaderboard.to_table(board).splitlines()
+    assert lines[0].split() == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name",
+                                "epochs", "duration_s"]
+    assert set(lines[1]) <= {"-", " "}
+    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5"]
+    assert [line.split()[1] for line in lines[2:]] == order(board)
+    # columns line up: every row starts its trial id where the header does
+    column = lines[0].index("trial_id")
+    assert all(line[column:column + 5].startswith("t0") for line in lines[2:])
+
+
+def test_table_shows_the_primary_metric_and_losses_only():
+    board = leaderboard.build("accuracy", "maximize", [view(0, "completed", {"accuracy": 0.123456, "loss": 2.0,
+                                                                            "f1_score_weighted": 0.7})])
+    header = leaderboard.to_table(board).splitlines()[0].split()
+    assert "f1_score_weighted" not in header and header[3:5] == ["accuracy", "loss"]
+    assert "0.1235" in leaderboard.to_table(board)  # 4 significant digits
+    assert "f1_score_weighted" in leaderboard.to_csv(board)  # the CSV has every metric
+
+
+def test_markdown():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    lines = leaderboard.to_table(board, markdown=True).splitlines()
+    assert lines[0] == "| rank | trial_id | status | accuracy | loss | learning_rate | model_name | epochs | duration_s |"
+    assert lines[1] == "|" + "|".join(["---"] * 9) + "|"
+    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | 0.02 | mobilenetv2 | 3 | 12.5 |"
+    assert lines[6] == "| 5 | t0001 | failed |  |  | 0.5 | resnet18 | 3 | 12.5 |"
+    assert len(lines) == 2 + len(TRIALS)
+
+
+def test_json_round_trip():
+    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    assert json.loads(leaderboard.to_json(board)) == board
+
+
+def test_empty_board_renders():
+    board = leaderboard.build("accuracy", "maximize", [])
+    assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s\n"
+    assert leaderboard.to_table(board).splitlines()[0].split() == ["rank", "trial_id", "status", "epochs",
+                                                                   "duration_s"]
