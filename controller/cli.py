@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "trial":
-        from automl_images.trainer.run import run_trial_cli
+        from automl_images.trainer.run import main as run_trial_main
 
-        return run_trial_cli(args.spec_url)
+        return run_trial_main([args.spec_url])
     if args.command == "demo":
         from .demo import run_demo
 

@@ -41,15 +41,14 @@ limits:
   timeout_hours: 1
 search_space:
   - model_name: choice(resnet18, mobilenetv2)
-    learning_rate: uniform(0.05, 0.15)
+    learning_rate: loguniform(-5.3, -2.3)   # exp(-5.3) = 0.005 to exp(-2.3) = 0.1
 arguments:
   pretrained: 0
-  number_of_epochs: 6
-  training_batch_size: 32
+  number_of_epochs: 5
+  training_batch_size: 64
   validation_batch_size: 128
-  resize_size: 32
+  resize_size: 36
   crop_size: 32
-  warmup_cosine_lr_warmup_epochs: 1
   early_stopping: 0
 """
 

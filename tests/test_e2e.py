@@ -1,0 +1,107 @@
+"""End to end through the CLI: submit → controller → trials (subprocesses) → leaderboard and best model,
+on a local folder and on the S3 API server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automl_images.controller.store import Root
+from automl_images.trainer.report import FILES
+from synthetic import write_job, write_squares
+
+CLI = [str(Path(sys.executable).with_name("automl-images"))]
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def run_to_completion(root_url: str, timeout: float = 400) -> subprocess.CompletedProcess:
+    result = cli("controller", "--root", root_url, "--until-done", "--interval", "0.5", timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end(root_url, tmp_path):
+    data = tmp_path / "data"
+    write_squares(data)
+    job = write_job(data, max_trials=3, concurrent=2, epochs=2)
+
+    submitted = cli("submit", str(job), "--root", root_url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    root = Root(root_url)
+    assert root.inbox_files() == [f"{job_id}.yaml"]
+
+    log = run_to_completion(root_url).stdout
+    assert f"job {job_id}: completed" in log
+
+    state = root.storage.read_json(root.job_state(job_id))
+    assert state["status"] == "completed"
+    assert root.inbox_files() == []
+    assert root.trial_ids(job_id) == ["t0000", "t0001", "t0002"]
+    for trial in root.trial_ids(job_id):
+        status = root.read_trial(job_id, trial, FILES.status)
+        assert status["status"] == "completed", status
+        assert status["epochs"] == 2
+        assert 0.0 <= status["metrics"]["accuracy"] <= 1.0
+        spec = root.read_trial(job_id, trial, FILES.spec)
+        assert spec["hyperparameters"]["number_of_epochs"] == 2
+        assert spec["hyperparameters"]["optimizer"] == "sgd"  # defaults resolved
+        assert root.storage.exists(root.trial_key(job_id, trial, FILES.model_weights))
+        assert root.read_trial(job_id, trial, FILES.launch)["attempt"] == 1
+
+    board = json.loads(cli("leaderboard", job_id, "--root", root_url, "--format", "json").stdout)
+    assert board["primary_metric"] == "accuracy" and board["direction"] == "maximize"
+    values = [row["metrics"]["accuracy"] for row in board["trials"]]
+    assert values == sorted(values, reverse=True)
+    assert {row["trial_id"] for row in board["trials"]} == {"t0000", "t0001", "t0002"}
+    assert set(board["trials"][0]) >= {"trial_id", "status", "params", "metrics", "epochs", "duration_s"}
+    assert root.storage.read_text(root.leaderboard(job_id, "csv")).startswith("rank,trial_id,status,accuracy")
+
+    best = root.storage.read_json(root.best(job_id, "trial.json"))
+    assert best["trial_id"] == board["trials"][0]["trial_id"]
+    model_info = root.storage.read_json(root.best(job_id, "model.json"))
+    assert model_info["labels"] == ["blue", "green", "red"]
+
+    table = cli("leaderboard", job_id, "--root", root_url).stdout
+    assert "t0000" in table and "accuracy" in table
+    status = cli("status", "--root", root_url).stdout
+    assert job_id in status and "3 completed" in status
+
+
+def test_invalid_job_is_moved_with_its_error(root_url, tmp_path):
+    root = Root(root_url)
+    text = b"task: image-classification\ntraining_data: train.jsonl\nlimits:\n  max_trials: 0\n"
+    root.storage.write_bytes(root.inbox_key("broken.yaml"), text)
+    result = cli("controller", "--root", root_url, "--once")
+    assert result.returncode == 0, result.stderr
+    assert root.inbox_files() == []
+    assert root.storage.read_bytes(root.job_file("broken")) == text
+    error = root.storage.read_json(root.job_error("broken"))
+    assert any(p["path"] == "limits.max_trials" and p["line"] == 4 for p in error["problems"])
+    assert root.storage.read_json(root.job_state("broken"))["status"] == "rejected"
+    assert "rejected" in cli("status", "--root", root_url).stdout
+
+
+def test_missing_training_data_rejects_the_job(local_root):
+    root = Root(local_root)
+    root.storage.write_bytes(root.inbox_key("nodata.yaml"), b"task: image-classification\ntraining_data: nope.jsonl\n")
+    assert cli("controller", "--root", local_root, "--once").returncode == 0
+    error = root.storage.read_json(root.job_error("nodata"))
+    assert "nope.jsonl does not exist" in error["message"]
+
+
+def test_submit_rejects_invalid_job_without_touching_the_root(local_root, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("task: image-clasification\ntraining_data: t.jsonl\n")
+    result = cli("submit", str(job), "--root", local_root)
+    assert result.returncode == 2
+    assert f"{job}:1: task: unknown task 'image-clasification' (did you mean 'image-classification'?)" in result.stderr
+    assert not os.path.exists(local_root)

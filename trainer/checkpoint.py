@@ -1,0 +1,114 @@
+"""The checkpoint: one dict with everything a restarted trial needs to continue where it left off,
+written atomically to `checkpoints/last.pt` after every epoch (torchvision references' layout:
+`model`, `optimizer`, `lr_scheduler`, `scaler`, `epoch`, plus what our trials add).
+
+The best epoch's weights travel in the same dict (`best_model`, None when the last epoch is the
+best one, which is then `model`), so the checkpoint and the best model can never disagree after a
+crash between two writes. Everything in it loads with `torch.load(weights_only=True)`: plain
+containers and tensors, no pickled objects.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .data import DataError
+from .report import FILES
+from .storage import Storage
+
+FORMAT_VERSION = 1
+
+
+def epoch_key(epoch: int) -> str:
+    """The extra checkpoint kept every `checkpoint_frequency` epochs."""
+    return f"checkpoints/epoch_{epoch:04d}.pt"
+
+
+@dataclass
+class Progress:
+    """A trial's progress: what the checkpoint restores besides the torch objects' states."""
+    epoch: int = 0                      # completed epochs (1-based numbering: epoch 1 is the first)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's full metrics
+    best_epoch: int | None = None
+    best_metrics: dict[str, Any] | None = None
+    best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's weights
+    duration_s: float = 0.0             # training time over every attempt, up to `epoch`
+
+    def record_best(self, epoch: int, metrics: dict[str, Any], model: torch.nn.Module) -> None:
+        self.best_epoch = epoch
+        self.best_metrics = metrics
+        self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def state_dict(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler,
+               scaler: torch.amp.GradScaler | None, early_stopping, progress: Progress, labels: list[str],
+               loader_generator: torch.Generator, rng: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "epoch": progress.epoch,
+        "history": progress.history,
+        "best_epoch": progress.best_epoch,
+        "best_metrics": progress.best_metrics,
+        "best_model": None if progress.best_epoch == progress.epoch else progress.best_model,
+        "duration_s": progress.duration_s,
+        "early_stopping": early_stopping.state_dict(),
+        "labels": labels,
+        "rng": rng,
+        "loader_generator": loader_generator.get_state(),
+    }
+
+
+def save(storage: Storage, checkpoint: dict[str, Any], checkpoint_frequency: int | None = None) -> None:
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    data = buffer.getvalue()
+    storage.write_bytes(FILES.checkpoint, data)
+    epoch = checkpoint["epoch"]
+    if checkpoint_frequency and epoch % checkpoint_frequency == 0:
+        storage.write_bytes(epoch_key(epoch), data)
+
+
+def load(storage: Storage) -> dict[str, Any] | None:
+    """The checkpoint on the CPU (RNG states must be CPU tensors; `load_state_dict` moves the rest
+    to the model's device), or None when the trial has none yet."""
+    try:
+        data = storage.read_bytes(FILES.checkpoint)
+    except FileNotFoundError:
+        return None
+    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if checkpoint.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{storage.url(FILES.checkpoint)}: checkpoint format "
+                         f"{checkpoint.get('format_version')} is not {FORMAT_VERSION}")
+    return checkpoint
+
+
+def restore(checkpoint: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            lr_scheduler, scaler: torch.amp.GradScaler | None, early_stopping, labels: list[str],
+            loader_generator: torch.Generator) -> tuple[Progress, dict[str, Any]]:
+    """Load the states into the given objects; returns the progress and the RNG states (applied
+    by the caller once everything else is built, as building draws random numbers)."""
+    if checkpoint["labels"] != labels:
+        raise DataError(f"the checkpoint was trained on classes {checkpoint['labels']} but the data now has "
+                        f"{labels}; the data changed since this trial started (delete its checkpoints/ "
+                        f"folder to train from scratch)")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    if scaler is not None and checkpoint["scaler"] is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
+    early_stopping.load_state_dict(checkpoint["early_stopping"])
+    loader_generator.set_state(checkpoint["loader_generator"])
+    best_model = checkpoint["best_model"]
+    if best_model is None and checkpoint["best_epoch"] is not None:
+        best_model = checkpoint["model"]
+    progress = Progress(epoch=checkpoint["epoch"], history=checkpoint["history"],
+                        best_epoch=checkpoint["best_epoch"], best_metrics=checkpoint["best_metrics"],
+                        best_model=best_model, duration_s=checkpoint["duration_s"])
+    return progress, checkpoint["rng"]

@@ -1,0 +1,87 @@
+"""The final model: `model/model.pt` (the best epoch's state dict) and `model/model.json` (what it
+takes to rebuild and feed it: task, architecture, ordered class names, preprocessing).
+
+`model.json` is written last, so a folder that has it holds a complete model.
+
+    from automl_images.trainer import export
+    print(export.predict("s3://bucket/jobs/j/trials/t/model", ["cat.jpg"]))
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from PIL import Image, ImageOps
+
+from . import presets
+from .hyperparameters import Task
+from .report import FILES
+from .storage import Storage, filesystem, with_retries
+from .tasks import get_adapter
+
+FORMAT_VERSION = 1
+_WEIGHTS = FILES.model_weights.rsplit("/", 1)[-1]   # model.pt
+_INFO = FILES.model_info.rsplit("/", 1)[-1]         # model.json
+
+
+def export_model(storage: Storage, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
+    """Write the model into the trial folder `storage`. `info` holds task, model_name, labels,
+    preprocessing, primary_metric, best_metric and epoch."""
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    storage.write_bytes(FILES.model_weights, buffer.getvalue())
+    storage.write_json(FILES.model_info, {"format_version": FORMAT_VERSION,
+                                          "num_classes": len(info["labels"]), **info})
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    info: dict[str, Any]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.info["labels"])
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[str | bytes | Image.Image], batch_size: int = 32) -> list[dict[str, Any]]:
+        """Predictions for images given as paths/URLs, encoded bytes or PIL images, in order."""
+        adapter = get_adapter(Task(self.info["task"]))
+        transform = presets.eval_transform(presets.Preprocessing.from_dict(self.info["preprocessing"]))
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([transform(_as_rgb(image)) for image in images[start:start + batch_size]])
+            out.extend(adapter.predictions(self.model(batch), self.labels))
+        return out
+
+
+def _as_rgb(image: str | bytes | Image.Image) -> Image.Image:
+    if isinstance(image, str):
+        fs, path = filesystem(image)
+        image = with_retries(lambda: fs.cat_file(path))
+    if isinstance(image, bytes):
+        image = Image.open(io.BytesIO(image))
+    return ImageOps.exif_transpose(image).convert("RGB")
+
+
+def load_model(source: Storage | str) -> LoadedModel:
+    """Rebuild the exported model (on the CPU, in eval mode) from a model folder, or from a trial
+    folder that holds one."""
+    storage = source if isinstance(source, Storage) else Storage(source)
+    if not storage.exists(_INFO) and storage.exists(FILES.model_info):
+        storage = Storage(storage.url(FILES.model_dir))
+    info = storage.read_json(_INFO)
+    if info is None:
+        raise FileNotFoundError(f"{storage.url(_INFO)}: no exported model here")
+    adapter = get_adapter(Task(info["task"]))
+    model = adapter.build_model(info["model_name"], len(info["labels"]), pretrained=False)
+    weights = torch.load(io.BytesIO(storage.read_bytes(_WEIGHTS)), map_location="cpu", weights_only=True)
+    model.load_state_dict(weights)
+    model.eval()
+    return LoadedModel(model, info)
+
+
+def predict(model_dir: Storage | str, images: Sequence[str | bytes | Image.Image]) -> list[dict[str, Any]]:
+    return load_model(model_dir).predict(images)

@@ -1,0 +1,87 @@
+"""Image transforms for classification, picked by name (torchvision references' `presets.py`).
+
+`Preprocessing` records everything the validation transform depends on; export saves it next to
+the weights, so a served model sees images exactly as validation did.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torchvision.transforms import v2 as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resize_size: int
+    crop_size: int
+    train_preset: str
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        return cls(resize_size=int(data["resize_size"]), crop_size=int(data["crop_size"]),
+                   train_preset=data["train_preset"], mean=tuple(data["mean"]), std=tuple(data["std"]),
+                   interpolation=data["interpolation"])
+
+
+def _interpolation(name: str) -> T.InterpolationMode:
+    try:
+        return T.InterpolationMode(name)
+    except ValueError:
+        known = ", ".join(m.value for m in T.InterpolationMode)
+        raise ValueError(f"unknown interpolation {name!r}; known: {known}") from None
+
+
+def _to_normalized_tensor(p: Preprocessing) -> list[Callable]:
+    return [T.PILToTensor(), T.ToDtype(torch.float32, scale=True), T.Normalize(p.mean, p.std)]
+
+
+def _translate(p: Preprocessing) -> Callable:
+    """Resize, then a random crop: small shifts only. The validation transform with the centre crop
+    made random, so train and validation images have the same scale. Safe for any image: no flip
+    (a mirrored digit or letter is another class), no scale change."""
+    return T.Compose([T.Resize(p.resize_size, interpolation=_interpolation(p.interpolation), antialias=True),
+                      T.RandomCrop(p.crop_size), *_to_normalized_tensor(p)])
+
+
+def _resized_crop_flip(p: Preprocessing) -> Callable:
+    """Azure AutoML's classification augmentation: random scale and aspect crops, horizontal flips
+    and colour jitter. Better for photos; wrong for data whose mirror image means something else."""
+    return T.Compose([T.RandomResizedCrop(p.crop_size, scale=(0.25, 1.0),
+                                          interpolation=_interpolation(p.interpolation), antialias=True),
+                      T.RandomHorizontalFlip(),
+                      T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
+                      *_to_normalized_tensor(p)])
+
+
+TRAIN_PRESETS: dict[str, Callable[[Preprocessing], Callable]] = {
+    "translate": _translate,
+    "resized_crop_flip": _resized_crop_flip,
+}
+# No hyperparameter picks the preset yet, and flips would hurt the demo's handwritten digits.
+DEFAULT_TRAIN_PRESET = "translate"
+
+
+def train_transform(p: Preprocessing) -> Callable:
+    try:
+        build = TRAIN_PRESETS[p.train_preset]
+    except KeyError:
+        raise ValueError(f"unknown train preset {p.train_preset!r}; known: {', '.join(TRAIN_PRESETS)}") from None
+    return build(p)
+
+
+def eval_transform(p: Preprocessing) -> Callable:
+    return T.Compose([T.Resize(p.resize_size, interpolation=_interpolation(p.interpolation), antialias=True),
+                      T.CenterCrop(p.crop_size), *_to_normalized_tensor(p)])
