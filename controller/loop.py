@@ -11,21 +11,22 @@ only what cannot change any more (parsed job files, trial sweeps, finished trial
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from automl_images.trainer.config import TrialSpec
-from automl_images.trainer.report import FILES, TrialStatus
-from automl_images.trainer.storage import resolve
+from automl_images.trainer.report import FILES
+from automl_images.trainer.storage import Storage, resolve
 
 from . import leaderboard, reconcile
 from .launch import LaunchRequest, get_launcher
 from .launch.base import Launcher
 from .reconcile import CreateTrials, FinishTrial, Launch, Publish, RequestStop, SetJobStatus
 from .search import Observation, make_sampler
-from .spec import JobSpec, JobSpecError, parse_job
+from .spec import JobSpec, JobSpecError, Problem, parse_job
 from .state import JobStatus, JobView, TrialView
 from .store import Root, job_id_from_name, trial_id
 
@@ -124,16 +125,12 @@ class Controller:
         """Data paths made absolute (relative ones are relative to the job file) and checked."""
         resolved = {"training_data": resolve(spec.training_data, source),
                     "validation_data": resolve(spec.validation_data, source) if spec.validation_data else None}
-        from automl_images.trainer.storage import Storage
-
         problems = []
         for field_name, url in resolved.items():
             if url is None:
                 continue
             folder, _, file_name = url.rpartition("/")
             if not Storage(folder or "/").exists(file_name):
-                from .spec import Problem
-
                 problems.append(Problem(field_name, f"{url} does not exist"))
         if problems:
             raise JobSpecError(source, problems)
@@ -332,14 +329,10 @@ def _decode(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        from .spec import Problem
-
         raise JobSpecError(source, [Problem("", f"not UTF-8 text (byte {exc.start})")]) from None
 
 
 def _json(value: Any) -> bytes:
-    import json
-
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 

@@ -9,7 +9,7 @@ next pass. The arithmetic is Katib's:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Union
 
 from automl_images.trainer.report import ErrorKind, TrialStatus
 

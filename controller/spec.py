@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -422,7 +422,7 @@ def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
         given = [k for k in ("slack_factor", "slack_amount") if values.get(k) is not None]
         if len(given) != 1:
             check.add(("early_termination",), "bandit needs exactly one of slack_factor or slack_amount"
-                      + (f", got both" if len(given) == 2 else ""))
+                      + (", got both" if len(given) == 2 else ""))
         for key in given:
             fields[key] = check.number(values[key], path(key), 0, None, low_exclusive=True)
     if policy == "truncation_selection":

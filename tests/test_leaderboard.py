@@ -5,7 +5,6 @@ import csv
 import io
 import json
 
-import pytest
 
 from automl_images.controller import leaderboard
 from automl_images.controller.state import TrialView

@@ -144,14 +144,7 @@ class Storage:
     def write_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            os.replace(_local_temp_file(path, data), path)
         else:
             with_retries(lambda: self.fs.pipe_file(path, data))
 
@@ -177,11 +170,7 @@ class Storage:
         """Write `key` only if it does not exist yet. True when this call created it."""
         path = self._path(key)
         if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
+            tmp = _local_temp_file(path, data)
             try:
                 os.link(tmp, path)  # fails atomically when `path` exists
                 return True
@@ -224,6 +213,19 @@ class Storage:
             if rel and not posixpath.basename(rel).startswith(".tmp-"):
                 rels.append(rel)
         return sorted(rels)
+
+
+def _local_temp_file(path: str, data: bytes) -> str:
+    """`data` written and synced to a temporary file beside `path` (same folder, so a rename or a
+    link onto `path` is atomic); returns its name."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
 
 
 def _s3_create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:

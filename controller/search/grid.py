@@ -2,7 +2,6 @@
 order. Our own generator: scikit-optimize's grid takes minutes at 100 points."""
 from __future__ import annotations
 
-import itertools
 import math
 
 from ..distributions import Distribution
