@@ -21,6 +21,7 @@ def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[
             "metrics": _scalars(status.get("metrics") or (status.get("best") or {}).get("metrics") or {}),
             "epochs": status.get("epochs", status.get("epoch", 0)),
             "duration_s": status.get("duration_s"),
+            "cost_usd": round(trial.cost_usd, 6),
             "error": (status.get("error") or {}).get("message"),
         })
 
@@ -31,7 +32,8 @@ def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[
         return (0, -value if direction == "maximize" else value, row["trial_id"])
 
     rows.sort(key=rank)
-    return {"primary_metric": primary_metric, "direction": direction, "trials": rows}
+    return {"primary_metric": primary_metric, "direction": direction,
+            "cost_usd": round(sum(t.cost_usd for t in trials), 6), "trials": rows}
 
 
 def _is_number(value: Any) -> bool:
@@ -64,11 +66,12 @@ def _metric_names(board: dict[str, Any]) -> list[str]:
 
 def _flat_rows(board: dict[str, Any], metric_names: list[str]) -> tuple[list[str], list[list[Any]]]:
     params = _param_names(board)
-    header = ["rank", "trial_id", "status"] + metric_names + params + ["epochs", "duration_s"]
+    header = ["rank", "trial_id", "status"] + metric_names + params + ["epochs", "duration_s", "cost_usd"]
     rows = []
     for i, row in enumerate(board["trials"], start=1):
         rows.append([i, row["trial_id"], row["status"]] + [row["metrics"].get(m, "") for m in metric_names]
-                    + [row["params"].get(p, "") for p in params] + [row["epochs"], row["duration_s"] or ""])
+                    + [row["params"].get(p, "") for p in params]
+                    + [row["epochs"], row["duration_s"] or "", row.get("cost_usd", "")])
     return header, rows
 
 
@@ -104,4 +107,6 @@ def to_table(board: dict[str, Any], markdown: bool = False) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    if isinstance(board.get("cost_usd"), (int, float)):
+        lines.append(f"job cost: ${board['cost_usd']:.2f}")
     return "\n".join(lines) + "\n"

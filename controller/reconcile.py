@@ -5,9 +5,13 @@ safe to repeat, so a controller killed halfway through applying them simply does
 next pass. The arithmetic is Katib's:
 
     to_add = min(max_concurrent_trials - active, max_trials - created)
+
+and, with `limits.max_cost_usd`, no more trials than the budget left affords at the expected cost
+of a trial (`expected_trial_cost`); the job stops once the budget is spent.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -95,7 +99,8 @@ def decide(spec: JobSpec, job: JobView, now: float, capacity: int | None) -> lis
     if status is JobStatus.RUNNING:
         max_trials = spec.limits.max_trials if capacity is None else min(spec.limits.max_trials, capacity)
         created = len(job.trials)
-        to_add = min(spec.limits.max_concurrent_trials - len(active), max_trials - created)
+        to_add = min(spec.limits.max_concurrent_trials - len(active), max_trials - created,
+                     _affordable(spec, job, active))
         if to_add > 0:
             plan.add(CreateTrials(list(range(created, created + to_add))))
         elif not active and created >= max_trials:
@@ -110,6 +115,48 @@ def decide(spec: JobSpec, job: JobView, now: float, capacity: int | None) -> lis
     return plan.actions
 
 
+def expected_trial_cost(job: JobView) -> float:
+    """What one more trial is expected to cost: the mean of the finished trials that ran; while
+    none has finished, the most any running trial has cost so far (a lower bound); 0 when nothing
+    has been spent yet."""
+    ran = [t.cost_usd for t in job.trials if t.is_terminal and t.launch and t.launch.get("launched_at")]
+    if ran:
+        return sum(ran) / len(ran)
+    return max((t.cost_usd for t in job.trials), default=0.0)
+
+
+def _committed(job: JobView, active: list[TrialView], expected: float) -> float:
+    """Spent so far, plus what the running trials are expected to spend before they end."""
+    return job.cost_usd + sum(max(0.0, expected - t.cost_usd) for t in active)
+
+
+def _affordable(spec: JobSpec, job: JobView, active: list[TrialView]) -> int:
+    """How many more trials max_cost_usd allows: none once another one (at the expected cost)
+    could cross it."""
+    budget = spec.limits.max_cost_usd
+    expected = expected_trial_cost(job)
+    if budget is None or expected <= 0:
+        return spec.limits.max_trials
+    return max(0, math.floor((budget - _committed(job, active, expected)) / expected))
+
+
+def _budget_reason(spec: JobSpec, job: JobView) -> str:
+    """Why the budget ends the job: spent, or, with nothing running and trials still to create,
+    another trial could cross it (no trial could ever start again)."""
+    budget = spec.limits.max_cost_usd
+    if budget is None:
+        return ""
+    spent = job.cost_usd
+    if spent >= budget:
+        return f"budget: max_cost_usd={budget:g} reached (${spent:.2f} spent)"
+    active = [t for t in job.trials if not t.is_terminal]
+    expected = expected_trial_cost(job)
+    if not active and len(job.trials) < spec.limits.max_trials and 0 < expected and spent + expected > budget:
+        return (f"budget: max_cost_usd={budget:g} would be crossed by another trial "
+                f"(${spent:.2f} spent, about ${expected:.2f} a trial)")
+    return ""
+
+
 def _terminal_count(job: JobView) -> int:
     return sum(t.is_terminal for t in job.trials)
 
@@ -120,7 +167,9 @@ def _stop_reason(spec: JobSpec, job: JobView, now: float) -> str:
     if now - job.state["accepted_at"] > spec.limits.timeout_hours * 3600:
         return f"timeout: timeout_hours={spec.limits.timeout_hours:g} reached"
     failed = _fail_fast_reason(spec, job)
-    return f"failed: {failed}" if failed else ""
+    if failed:
+        return f"failed: {failed}"
+    return _budget_reason(spec, job)
 
 
 def _fail_fast_reason(spec: JobSpec, job: JobView) -> str | None:
@@ -168,11 +217,13 @@ def _reconcile_trial(spec: JobSpec, job: JobView, trial: TrialView, status: JobS
 def _early_termination(spec: JobSpec, job: JobView, trial: TrialView, plan: Plan) -> None:
     policy = spec.early_termination
     assert policy is not None
-    history = stopping.oriented(trial.history(spec.primary_metric), spec.direction)
-    others = [stopping.oriented(t.history(spec.primary_metric), spec.direction)
+    unit = stopping.unit(policy)
+    history = stopping.oriented(trial.history(spec.primary_metric, by=unit), spec.direction)
+    others = [stopping.oriented(t.history(spec.primary_metric, by=unit), spec.direction)
               for t in job.trials if t.trial_id != trial.trial_id]
-    if stopping.should_stop(policy, history, [h for h in others if h]):
-        plan.add(RequestStop(trial.trial_id, f"early termination ({policy.policy}) at evaluation {history[-1][0]}"))
+    total = (trial.status or {}).get("epochs_total")
+    if stopping.should_stop(policy, history, [h for h in others if h], total=total):
+        plan.add(RequestStop(trial.trial_id, f"early termination ({policy.policy}) at {unit} {history[-1][0]}"))
 
 
 def _finish(job: JobView, plan: Plan, reason: str) -> None:

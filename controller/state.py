@@ -32,6 +32,7 @@ class TrialView:
     status: dict[str, Any] | None = None        # status.json (trainer's, or the controller's verdict)
     stop: dict[str, Any] | None = None          # stop.json: a stop request
     run_state: RunState | None = None
+    cost_usd: float = 0.0                       # spent so far (final once the trial is finished)
 
     @property
     def trial_status(self) -> TrialStatus:
@@ -67,13 +68,28 @@ class TrialView:
         value = metrics.get(metric)
         return float(value) if isinstance(value, (int, float)) else None
 
-    def history(self, metric: str) -> list[tuple[int, float]]:
-        """(evaluation number, primary metric) for each evaluation so far."""
+    def history(self, metric: str, by: str = "evaluation") -> list[tuple[int, float]]:
+        """(evaluation number, or epoch when `by` is "epoch", primary metric) for each evaluation so far."""
         out = []
         for i, item in enumerate((self.status or {}).get("history") or [], start=1):
             if isinstance(item.get(metric), (int, float)):
-                out.append((i, float(item[metric])))
+                step = int(item.get("epoch", i)) if by == "epoch" else i
+                out.append((step, float(item[metric])))
         return out
+
+
+def recorded_cost(launch: dict[str, Any] | None, now: float) -> float:
+    """A trial's cost from its launch.json alone: the final `cost_usd` once the controller wrote it,
+    else the earlier attempts' `spent_usd` plus the running attempt's `hourly_price_usd` times its
+    time so far (0 where the launcher gave no price)."""
+    launch = launch or {}
+    if isinstance(launch.get("cost_usd"), (int, float)):
+        return float(launch["cost_usd"])
+    spent = float(launch.get("spent_usd") or 0.0)
+    hourly, started = launch.get("hourly_price_usd"), launch.get("launched_at")
+    if isinstance(hourly, (int, float)) and isinstance(started, (int, float)) and launch.get("handle"):
+        spent += hourly * max(0.0, now - started) / 3600.0
+    return spent
 
 
 @dataclass
@@ -86,3 +102,7 @@ class JobView:
     @property
     def status(self) -> JobStatus:
         return JobStatus(self.state["status"])
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(t.cost_usd for t in self.trials)

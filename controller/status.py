@@ -1,4 +1,9 @@
-"""`automl-images status`: what every job is doing, read from the bucket."""
+"""`automl-images status`: what every job is doing, read from the bucket (never written).
+
+Finished trials come from each job's trials.json (summary.py), the others from their folders, so
+a job with a long history costs a few requests. A running trial's cost is its launch record's
+hourly price times its time so far.
+"""
 from __future__ import annotations
 
 import collections
@@ -7,7 +12,21 @@ from typing import Any
 
 from automl_images.trainer.report import FILES
 
+from . import summary
+from .state import TrialView, recorded_cost
 from .store import Root
+
+
+def trial_views(root: Root, job_id: str, now: float) -> list[TrialView]:
+    """Every trial of the job as far as a reader can tell (no launcher is asked)."""
+    views = summary.read(root, job_id)
+    for trial in root.trial_ids(job_id):
+        if trial not in views:
+            launch = root.read_trial(job_id, trial, FILES.launch)
+            sweep = (root.read_trial(job_id, trial, FILES.spec) or {}).get("sweep") or {}
+            views[trial] = TrialView(trial, sweep, launch=launch, status=root.read_trial(job_id, trial, FILES.status),
+                                     cost_usd=recorded_cost(launch, now))
+    return [views[t] for t in sorted(views)]
 
 
 def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
@@ -17,9 +36,9 @@ def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
         state = root.storage.read_json(root.job_state(job_id)) or {"status": "accepting"}
         board = root.storage.read_json(root.leaderboard(job_id)) or {}
         counts: collections.Counter = collections.Counter()
-        for trial in root.trial_ids(job_id):
-            status = root.read_trial(job_id, trial, FILES.status) or {}
-            counts[status.get("status", "pending")] += 1
+        trials = trial_views(root, job_id, now)
+        for trial in trials:
+            counts[trial.trial_status.value] += 1
         best = next((row for row in board.get("trials", [])
                      if isinstance(row["metrics"].get(board.get("primary_metric")), (int, float))), None)
         end = state.get("finished_at") or now
@@ -32,6 +51,7 @@ def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
             "best": None if best is None else {"trial_id": best["trial_id"],
                                                "value": best["metrics"][board["primary_metric"]]},
             "elapsed_s": round(end - state["accepted_at"], 1) if "accepted_at" in state else None,
+            "cost_usd": round(sum(t.cost_usd for t in trials), 6),
         })
     return out
 
@@ -44,22 +64,22 @@ def render_summaries(summaries: list[dict[str, Any]]) -> str:
         trials = ", ".join(f"{n} {k}" for k, n in sorted(s["trials"].items())) or "no trials"
         best = f"best {s['primary_metric']}={s['best']['value']:.4f} ({s['best']['trial_id']})" if s["best"] else ""
         elapsed = f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else ""
-        lines.append(f"{s['job_id']}  {s['status']}  {trials}  {best}  {elapsed}".rstrip())
+        cost = f"${s['cost_usd']:.2f}"
+        lines.append(f"{s['job_id']}  {s['status']}  {trials}  {best}  {elapsed}  {cost}".rstrip())
         if s["status"] in ("failed", "rejected") and s["reason"]:
             lines.append("    " + s["reason"].replace("\n", "\n    "))
     return "\n".join(lines)
 
 
 def render_job(root: Root, job_id: str) -> str:
-    summary = next(s for s in job_summaries(root) if s["job_id"] == job_id)
-    lines = [render_summaries([summary]), ""]
-    for trial in root.trial_ids(job_id):
-        status = root.read_trial(job_id, trial, FILES.status) or {}
-        spec = root.read_trial(job_id, trial, FILES.spec) or {}
-        params = (spec.get("sweep") or {}).get("params", {})
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    now = time.time()
+    job = next(s for s in job_summaries(root, now) if s["job_id"] == job_id)
+    lines = [render_summaries([job]), ""]
+    for trial in trial_views(root, job_id, now):
+        status = trial.status or {}
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         epoch = f"epoch {status.get('epoch', 0)}/{status.get('epochs_total', '?')}"
         error = (status.get("error") or {}).get("message", "")
-        lines.append(f"  {trial}  {status.get('status', 'pending'):9}  {epoch:12}  {shown}"
+        lines.append(f"  {trial.trial_id}  {trial.trial_status.value:9}  {epoch:12}  ${trial.cost_usd:<7.2f}  {shown}"
                      + (f"\n      {error}" if error else ""))
     return "\n".join(lines)

@@ -11,7 +11,8 @@ from automl_images.controller.state import TrialView
 
 
 def view(index: int, status: str, metrics: dict | None = None, *, lr: float = 0.01, model: str = "resnet18",
-         error: str | None = None, best: bool = False, epochs: int = 3, duration: float | None = 12.5) -> TrialView:
+         error: str | None = None, best: bool = False, epochs: int = 3, duration: float | None = 12.5,
+         cost: float = 0.0) -> TrialView:
     record: dict = {"status": status, "epochs": epochs, "duration_s": duration}
     if metrics is not None:
         if best:  # a running trial reports its best evaluation so far under "best"
@@ -21,13 +22,13 @@ def view(index: int, status: str, metrics: dict | None = None, *, lr: float = 0.
     if error:
         record["error"] = {"kind": "user", "message": error}
     return TrialView(f"t{index:04d}", {"subspace": 0, "params": {"learning_rate": lr, "model_name": model}},
-                     status=record)
+                     status=record, cost_usd=cost)
 
 
 TRIALS = [
-    view(0, "completed", {"accuracy": 0.81, "loss": 0.52}, lr=0.01),
+    view(0, "completed", {"accuracy": 0.81, "loss": 0.52}, lr=0.01, cost=1.5),
     view(1, "failed", None, lr=0.5, error="out of memory"),
-    view(2, "completed", {"accuracy": 0.93, "loss": 0.21}, lr=0.02, model="mobilenetv2"),
+    view(2, "completed", {"accuracy": 0.93, "loss": 0.21}, lr=0.02, model="mobilenetv2", cost=0.25),
     view(3, "stopped", {"accuracy": 0.42, "loss": 1.3}, lr=0.001),
     view(4, "running", {"accuracy": 0.88, "loss": 0.3}, lr=0.005, best=True),
     TrialView("t0005", {"subspace": 0, "params": {"learning_rate": 0.03, "model_name": "resnet18"}}),  # pending
@@ -42,6 +43,7 @@ def test_maximize_best_first_and_trials_without_metrics_last():
     board = leaderboard.build("accuracy", "maximize", TRIALS)
     assert order(board) == ["t0002", "t0004", "t0000", "t0003", "t0001", "t0005"]
     assert board["primary_metric"] == "accuracy" and board["direction"] == "maximize"
+    assert board["cost_usd"] == 1.75  # the job's: every trial's cost
 
 
 def test_minimize_best_first():
@@ -65,7 +67,7 @@ def test_rows():
     assert rows["t0002"] == {"trial_id": "t0002", "status": "completed",
                              "params": {"learning_rate": 0.02, "model_name": "mobilenetv2"},
                              "metrics": {"accuracy": 0.93, "loss": 0.21}, "epochs": 3, "duration_s": 12.5,
-                             "error": None}
+                             "cost_usd": 0.25, "error": None}
     assert rows["t0001"]["error"] == "out of memory" and rows["t0001"]["metrics"] == {}
     assert rows["t0004"]["metrics"] == {"accuracy": 0.88, "loss": 0.3}  # from "best"
     assert rows["t0005"]["status"] == "pending" and rows["t0005"]["epochs"] == 0
@@ -100,9 +102,9 @@ def test_csv():
     board = leaderboard.build("accuracy", "maximize", TRIALS)
     rows = list(csv.reader(io.StringIO(leaderboard.to_csv(board))))
     assert rows[0] == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name", "epochs",
-                       "duration_s"]
-    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5"]
-    assert rows[5] == ["5", "t0001", "failed", "", "", "0.5", "resnet18", "3", "12.5"]
+                       "duration_s", "cost_usd"]
+    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5", "0.25"]
+    assert rows[5] == ["5", "t0001", "failed", "", "", "0.5", "resnet18", "3", "12.5", "0.0"]
     assert [r[1] for r in rows[1:]] == order(board)
 
 
@@ -110,13 +112,14 @@ def test_table():
     board = leaderboard.build("accuracy", "maximize", TRIALS)
     lines = leaderboard.to_table(board).splitlines()
     assert lines[0].split() == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name",
-                                "epochs", "duration_s"]
+                                "epochs", "duration_s", "cost_usd"]
     assert set(lines[1]) <= {"-", " "}
-    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5"]
-    assert [line.split()[1] for line in lines[2:]] == order(board)
+    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5", "0.25"]
+    assert [line.split()[1] for line in lines[2:-1]] == order(board)
+    assert lines[-1] == "job cost: $1.75"
     # columns line up: every row starts its trial id where the header does
     column = lines[0].index("trial_id")
-    assert all(line[column:column + 5].startswith("t0") for line in lines[2:])
+    assert all(line[column:column + 5].startswith("t0") for line in lines[2:-1])
 
 
 def test_table_shows_the_primary_metric_and_losses_only():
@@ -131,10 +134,11 @@ def test_table_shows_the_primary_metric_and_losses_only():
 def test_markdown():
     board = leaderboard.build("accuracy", "maximize", TRIALS)
     lines = leaderboard.to_table(board, markdown=True).splitlines()
-    assert lines[0] == "| rank | trial_id | status | accuracy | loss | learning_rate | model_name | epochs | duration_s |"
-    assert lines[1] == "|" + "|".join(["---"] * 9) + "|"
-    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | 0.02 | mobilenetv2 | 3 | 12.5 |"
-    assert lines[6] == "| 5 | t0001 | failed |  |  | 0.5 | resnet18 | 3 | 12.5 |"
+    assert lines[0] == ("| rank | trial_id | status | accuracy | loss | learning_rate | model_name | epochs | duration_s"
+                        " | cost_usd |")
+    assert lines[1] == "|" + "|".join(["---"] * 10) + "|"
+    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | 0.02 | mobilenetv2 | 3 | 12.5 | 0.25 |"
+    assert lines[6] == "| 5 | t0001 | failed |  |  | 0.5 | resnet18 | 3 | 12.5 | 0 |"
     assert len(lines) == 2 + len(TRIALS)
 
 
@@ -145,6 +149,6 @@ def test_json_round_trip():
 
 def test_empty_board_renders():
     board = leaderboard.build("accuracy", "maximize", [])
-    assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s\n"
+    assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s,cost_usd\n"
     assert leaderboard.to_table(board).splitlines()[0].split() == ["rank", "trial_id", "status", "epochs",
-                                                                   "duration_s"]
+                                                                   "duration_s", "cost_usd"]

@@ -188,3 +188,105 @@ def test_truncation_selection_minimize():
     others = [at(1, 0.1), at(1, 0.2), at(1, 0.3), at(1, 0.4)]
     assert stops(truncation(20), at(1, 0.9), others, "minimize")  # the highest loss is the worst
     assert not stops(truncation(20), at(1, 0.05), others, "minimize")
+
+
+# ------------------------------------------------------------------------------------------------
+# ASHA: rungs at min_resource * reduction_factor**k epochs; continue only in the top 1/rf at a rung
+
+
+import importlib  # noqa: E402
+
+asha_module = importlib.import_module("automl_images.controller.stopping.asha")  # the module, not the function
+
+
+def asha(min_resource=1, reduction_factor=3, max_resource=None) -> EarlyTermination:
+    return EarlyTermination("asha", min_resource=min_resource, reduction_factor=reduction_factor,
+                            max_resource=max_resource)
+
+
+def epochs(*scores: float) -> list[tuple[int, float]]:
+    """A history of one evaluation per epoch, from epoch 1."""
+    return [(i + 1, s) for i, s in enumerate(scores)]
+
+
+def test_asha_counts_epochs():
+    assert stopping.unit(asha()) == "epoch"
+    assert stopping.unit(bandit(slack_factor=0.1)) == "evaluation"
+
+
+@pytest.mark.parametrize("low, factor, high, expected", [
+    (1, 3, 27, [1, 3, 9]),        # 27 itself is the end of training, not a rung
+    (1, 3, 28, [1, 3, 9, 27]),
+    (2, 2, 20, [2, 4, 8, 16]),
+    (5, 4, 15, [5]),
+    (1, 2, 2, [1]),
+])
+def test_asha_rungs(low, factor, high, expected):
+    assert asha_module.rungs(low, factor, high) == expected
+
+
+def test_asha_rungs_without_an_end():
+    assert asha_module.rungs(1, 3, None)[:4] == [1, 3, 9, 27] and len(asha_module.rungs(1, 3, None)) == 32
+
+
+def test_asha_first_arrival_continues():
+    assert not stopping.should_stop(asha(), epochs(0.1), [], total=9)
+
+
+def test_asha_top_third_at_the_first_rung():
+    # rung 1 (epochs 1, 3 with 9 epochs): four trials reached epoch 1 with 0.5, 0.6, 0.7 and the
+    # trial's own score; ceil(4 / 3) = 2 continue
+    others = [epochs(0.5), epochs(0.6), epochs(0.7)]
+    assert stopping.should_stop(asha(), epochs(0.55), others, total=9)   # 2 better: stops
+    assert not stopping.should_stop(asha(), epochs(0.65), others, total=9)  # 1 better: continues
+    # ties favour the trial: two others at 0.7, the trial at 0.7 too: ceil(3/3) = 1, nobody better
+    assert not stopping.should_stop(asha(), epochs(0.7), [epochs(0.7), epochs(0.7)], total=9)
+    # two trials, factor 2: ceil(2/2) = 1 continues, the lower one stops
+    assert stopping.should_stop(asha(reduction_factor=2), epochs(0.4), [epochs(0.5)], total=9)
+    assert not stopping.should_stop(asha(reduction_factor=2), epochs(0.6), [epochs(0.5)], total=9)
+
+
+def test_asha_compares_at_the_rung_not_later():
+    # rung 3: the trial had 0.6 at epoch 3; the others had 0.7 and 0.5 at epoch 3 (later values
+    # do not count): 1 better of 3, ceil(3 / 3) = 1 continue: stops
+    trial = epochs(0.2, 0.4, 0.6)
+    others = [epochs(0.3, 0.5, 0.7, 0.1), epochs(0.3, 0.4, 0.5, 0.99), epochs(0.9)]  # the last stopped at 1
+    assert stopping.should_stop(asha(), trial, others, total=9)
+    assert not stopping.should_stop(asha(), epochs(0.2, 0.4, 0.8), others, total=9)
+
+
+def test_asha_judges_between_rungs_at_the_last_rung_reached():
+    # at epoch 5 (rungs 1, 3, 9) the trial is judged at rung 3 by its epoch-3 score, so a controller
+    # that looked in only at epoch 5 decides as at epoch 3
+    others = [epochs(0.3, 0.5, 0.7), epochs(0.3, 0.5, 0.8)]
+    assert stopping.should_stop(asha(), epochs(0.1, 0.2, 0.6, 0.9, 0.95), others, total=9)
+    assert not stopping.should_stop(asha(), epochs(0.1, 0.2, 0.9, 0.2, 0.2), others, total=9)
+
+
+def test_asha_no_rung_at_or_past_the_end():
+    # with 3 epochs in all the rungs are 1 only (3 is the end): at epoch 3 the trial is judged at
+    # rung 1, where it was best
+    others = [epochs(0.1, 0.9, 0.95), epochs(0.2, 0.8, 0.9)]
+    assert not stopping.should_stop(asha(), epochs(0.3, 0.1, 0.1), others, total=3)
+    # max_resource in the job wins over the trial's epochs: rungs 1, 3 (9 is the end)
+    assert stopping.should_stop(asha(max_resource=9), epochs(0.3, 0.1, 0.1), others, total=3)
+
+
+def test_asha_min_resource_delays_the_first_rung():
+    others = [epochs(0.9, 0.9), epochs(0.8, 0.8)]
+    assert not stopping.should_stop(asha(min_resource=2), epochs(0.1), others, total=10)
+    assert stopping.should_stop(asha(min_resource=2), epochs(0.1, 0.1), others, total=10)
+
+
+def test_asha_minimize():
+    # losses at rung 1: 0.2, 0.3 and the trial's: the lowest continues (ceil(3/3) = 1)
+    others = [[(1, 0.2)], [(1, 0.3)]]
+    assert stops(asha(), [(1, 0.25)], others, "minimize") is True
+    assert stops(asha(), [(1, 0.1)], others, "minimize") is False
+
+
+def test_asha_with_evaluations_every_other_epoch():
+    # the value at rung 1 is the first evaluation at or after epoch 1: epoch 2's
+    trial = [(2, 0.4)]
+    assert asha_module.value_at(trial, 1) == 0.4 and asha_module.value_at(trial, 3) is None
+    assert stopping.should_stop(asha(), trial, [[(1, 0.5), (2, 0.6)], [(2, 0.7)]], total=9)

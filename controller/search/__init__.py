@@ -14,6 +14,10 @@ def make_sampler(spec: JobSpec) -> Sampler:
         from .grid import GridSampler
 
         return GridSampler(spec)
+    if spec.sampling == "bayesian":
+        from .bayesian import BayesianSampler
+
+        return BayesianSampler(spec)
     raise ValueError(f"sampling {spec.sampling!r} is not available in this version")
 
 

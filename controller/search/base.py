@@ -24,16 +24,20 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Observation:
-    """A finished trial as samplers see it: the value is None when it produced no metric."""
+    """A trial as samplers see it: finished (the value is None when it produced no metric) or,
+    in `pending`, still running. `key` names it (a trial id, or `job/trial` for a warm-start
+    seed) and orders the history, so that the same trials in any order give the same proposals."""
     subspace: int
     params: dict[str, Any]
     value: float | None
+    key: str = ""
 
 
 class Sampler(Protocol):
-    def ask(self, indices: list[int], history: list[Observation]) -> list[Proposal]:
-        """Proposals for the trials numbered `indices` (the same index always gets the same
-        proposal from the same history)."""
+    def ask(self, indices: list[int], history: list[Observation],
+            pending: list[Observation] = ()) -> list[Proposal]:
+        """Proposals for the trials numbered `indices`, one per index (the same index always gets
+        the same proposal from the same history and pending trials)."""
 
     def capacity(self) -> int | None:
         """How many distinct proposals exist (grid), or None when unbounded."""

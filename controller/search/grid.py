@@ -36,5 +36,6 @@ class GridSampler:
             params[name] = values[digit]
         return Proposal(subspace, dict(sorted(params.items())))
 
-    def ask(self, indices: list[int], history: list[Observation]) -> list[Proposal]:
+    def ask(self, indices: list[int], history: list[Observation],
+            pending: list[Observation] = ()) -> list[Proposal]:
         return [self.point(i) for i in indices if i < self.capacity()]

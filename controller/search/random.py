@@ -23,7 +23,8 @@ class RandomSampler:
                   for name, value in sorted(space.items()) if isinstance(value, Distribution)}
         return Proposal(subspace, params)
 
-    def ask(self, indices: list[int], history: list[Observation]) -> list[Proposal]:
+    def ask(self, indices: list[int], history: list[Observation],
+            pending: list[Observation] = ()) -> list[Proposal]:
         return [self.propose(i) for i in indices]
 
     def capacity(self) -> int | None:

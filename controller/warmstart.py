@@ -1,0 +1,116 @@
+"""Warm start: the finished trials of earlier jobs seed a job's Bayesian sampler.
+
+    sampling: bayesian
+    warm_start: [fridge-sweep-1, fridge-sweep-2]     # AzureML HyperDrive's `resume_from` is accepted
+
+When the job is first reconciled, the controller reads the named jobs from the same root (their
+job.yaml and finished trials), keeps every trial that produced the primary metric and fits this
+job's space, and saves the seeds once in `jobs/<job_id>/warm_start.json` (a conditional create):
+the sampler then reads them as part of the history on every ask, so proposals stay a function of
+what is saved in the bucket. A trial fits a subspace when
+
+- the earlier job has the same task and primary metric (else its values mean something else),
+- each hyperparameter the subspace samples has a value the subspace's distribution can produce
+  (the Bayesian optimizer's view of it: a choice's values, a range, a q-step), and
+- with those values this job would run exactly the trial's hyperparameters: the subspace's
+  constants, the fixed arguments and the defaults agree (a trial of 30 epochs does not seed a
+  search over 5-epoch trials).
+
+The first subspace it fits takes it; trials that fit none are counted in the file and left out.
+Seeds count towards `n_initial_points` and the subspace choice like the job's own trials.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from automl_images.trainer.report import FILES
+
+from . import summary
+from .distributions import Distribution
+from .search.base import Observation
+from .search.bayesian import _axis
+from .spec import JobSpec, JobSpecError, parse_job
+from .state import TrialView
+from .store import Root
+
+
+def warm_start_key(root: Root, job_id: str) -> str:
+    return root.job_key(job_id, "warm_start.json")
+
+
+def finished_trials(root: Root, job_id: str) -> list[TrialView]:
+    """The job's finished trials: from its summary, and from the trial folders for the rest."""
+    found = summary.read(root, job_id)
+    for trial in root.trial_ids(job_id):
+        if trial in found:
+            continue
+        status = root.read_trial(job_id, trial, FILES.status)
+        spec = root.read_trial(job_id, trial, FILES.spec) or {}
+        view = TrialView(trial, spec.get("sweep") or {}, status=status)
+        if status and view.is_terminal:
+            found[trial] = view
+    return [found[t] for t in sorted(found)]
+
+
+def fits(spec: JobSpec, subspace: int, values: dict[str, Any]) -> dict[str, Any] | None:
+    """The params that subspace `subspace` of `spec` would propose to run exactly `values` (a
+    trial's resolved hyperparameters), or None when it cannot."""
+    space = spec.search_space[subspace]
+    params = {}
+    for name, dist in sorted(space.items()):
+        if not isinstance(dist, Distribution):
+            continue
+        if name not in values:
+            return None
+        axis = _axis(name, dist)
+        inside = axis.encode(values[name]) is not None if axis.dimension is not None else \
+            axis.fixed == values[name]
+        if not inside:
+            return None
+        params[name] = values[name]
+    try:
+        resolved = spec.trial_hyperparameters(subspace, params)
+    except ValueError:
+        return None
+    return params if resolved == values else None
+
+
+def collect(root: Root, spec: JobSpec) -> dict[str, Any]:
+    """The seeds of `spec.warm_start`, as warm_start.json holds them."""
+    seeds, notes = [], []
+    for source in spec.warm_start:
+        try:
+            earlier = parse_job(root.storage.read_text(root.job_file(source)), root.storage.url(root.job_file(source)))
+        except (FileNotFoundError, JobSpecError) as exc:
+            notes.append(f"{source}: not usable ({type(exc).__name__}: {str(exc)[:200]})")
+            continue
+        if earlier.task is not spec.task or earlier.primary_metric != spec.primary_metric:
+            notes.append(f"{source}: {earlier.task.value} / {earlier.primary_metric}, not "
+                         f"{spec.task.value} / {spec.primary_metric}: no trial used")
+            continue
+        used = unfit = 0
+        for trial in finished_trials(root, source):
+            value = trial.primary(spec.primary_metric)
+            if value is None or value != value:  # no metric, or NaN
+                continue
+            try:
+                values = earlier.trial_hyperparameters(trial.sweep.get("subspace", 0), trial.params)
+            except (ValueError, IndexError, KeyError):
+                unfit += 1
+                continue
+            for subspace in range(len(spec.search_space)):
+                params = fits(spec, subspace, values)
+                if params is not None:
+                    seeds.append({"job_id": source, "trial_id": trial.trial_id, "subspace": subspace,
+                                  "params": params, "value": value})
+                    used += 1
+                    break
+            else:
+                unfit += 1
+        notes.append(f"{source}: {used} trial(s) used, {unfit} outside this job's space")
+    return {"seeds": seeds, "notes": notes}
+
+
+def observations(saved: dict[str, Any] | None) -> list[Observation]:
+    return [Observation(s["subspace"], s["params"], s["value"], f"{s['job_id']}/{s['trial_id']}")
+            for s in (saved or {}).get("seeds", [])]
