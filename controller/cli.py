@@ -7,6 +7,7 @@
     automl-images leaderboard JOB --root URL [--format table|csv|json|markdown]
     automl-images cancel JOB --root URL
     automl-images trial run SPEC_URL
+    automl-images evaluate --task TASK --labels LABELS.jsonl --predictions PREDICTIONS.jsonl
     automl-images demo [--root URL]
 
 `--root` defaults to $AUTOML_IMAGES_ROOT. Exit codes: 0 ok, 1 failed (job or trial), 2 invalid input.
@@ -67,6 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = trial.add_parser("run", help="run one trial from its spec.json")
     run.add_argument("spec_url")
 
+    p = commands.add_parser("evaluate", help="score saved predictions against labels; prints the metrics as JSON")
+    p.add_argument("--task", required=True, help="image-classification, image-multi-labeling, "
+                   "image-object-detection or image-instance-segmentation")
+    p.add_argument("--labels", required=True, help="JSONL with the true labels (the training schema)")
+    p.add_argument("--predictions", required=True, help="JSONL of the same schema plus scores: {class: probability} "
+                   "(detection: a score per object)")
+    p.add_argument("--metric-type", choices=("none", "coco", "voc", "coco_voc"),
+                   help="object detection and instance segmentation: voc (default), coco or coco_voc")
+
     p = commands.add_parser("demo", help="a real sweep on handwritten digits, on this machine")
     p.add_argument("--root", default=None, help="bucket root (default ./demo-root)")
     p.add_argument("--trials", type=int, default=4)
@@ -80,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from automl_images.trainer.run import main as run_trial_main
 
         return run_trial_main([args.spec_url])
+    if args.command == "evaluate":
+        from automl_images.trainer.evaluate import run_cli as evaluate_cli
+
+        return evaluate_cli(args.task, args.labels, args.predictions, args.metric_type)
     if args.command == "demo":
         from .demo import run_demo
 

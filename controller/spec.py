@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.metadata
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +26,26 @@ from . import distributions
 from .distributions import Distribution, DistributionError
 
 SAMPLERS = ("random", "grid", "bayesian")
-POLICIES = ("bandit", "median_stopping", "truncation_selection")
+POLICIES = ("bandit", "median_stopping", "truncation_selection", "asha")
 LAUNCHERS = ("local", "skypilot")
 
 # What this version runs. The schema knows more; the rest is refused with a clear message.
-AVAILABLE_SAMPLERS = ("random", "grid")
-AVAILABLE_POLICIES = ("bandit", "median_stopping", "truncation_selection")
-AVAILABLE_LAUNCHERS = ("local",)
+AVAILABLE_SAMPLERS = ("random", "grid", "bayesian")
+AVAILABLE_POLICIES = ("bandit", "median_stopping", "truncation_selection", "asha")
+# Surrogate models of Bayesian sampling (scikit-optimize names): a Gaussian process, random forest, extra trees.
+ESTIMATORS = ("gp", "rf", "et")
+AVAILABLE_LAUNCHERS = ("local", "skypilot")
+
+# What `compute:` may name for the skypilot launcher. SkyPilot itself lets unknown names through
+# (an unknown accelerator is passed on as a Kubernetes label, an unknown recovery strategy fails
+# only on its API server), so they are checked here; tests/test_sky_task.py keeps these lists
+# equal to the installed SkyPilot's.
+SKY_ACCELERATORS = ("A10", "A10G", "A100", "A100-80GB", "B200", "H100", "H200", "L4", "L40S", "RTX5090",
+                    "RTXPRO6000", "T4", "V100", "V100-32GB")  # sky.catalog.get_common_gpus(): CUDA only
+SKY_CLOUDS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius", "oci")
+SKY_RECOVERY_STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER")
+SKY_FALLBACKS = ("ordered", "any_of")
+SKY_INSTALL = "pip install 'automl-images[skypilot]'"
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,11 @@ class EarlyTermination:
     slack_factor: float | None = None
     slack_amount: float | None = None
     truncation_percentage: int | None = None
+    # asha: rungs at min_resource * reduction_factor**k epochs, below max_resource (default: the
+    # trial's number_of_epochs)
+    min_resource: int | None = None
+    reduction_factor: int | None = None
+    max_resource: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,11 +95,35 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class JobRecovery:
+    strategy: str = "EAGER_NEXT_REGION"   # after a preemption, try another region first
+    max_restarts_on_errors: int = 2       # crashes that are not preemptions, retried by SkyPilot
+
+
+@dataclass(frozen=True)
 class Compute:
     launcher: str = "local"
+    # The rest is for the skypilot launcher (sky/trial.yaml's resources).
+    accelerators: tuple[str, ...] = ()    # "A10G:1", in order of preference; none: a CPU machine
+    fallback: str = "ordered"             # ordered: in the listed order; any_of: the cheapest first
+    use_spot: bool = True
+    clouds: tuple[str, ...] = ()
+    regions: tuple[str, ...] = ()         # "cloud/region"; none: any region of the clouds
+    disk_size: int = 100                  # GB
+    image: str | None = None              # the trainer image (infra/Dockerfile), without "docker:"
+    job_recovery: JobRecovery = JobRecovery()
+    secrets: tuple[str, ...] = ()         # names of the controller's environment variables handed
+                                          # to trials as SkyPilot secrets (never written by us)
 
 
 Value = Any  # a constant, or a Distribution
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Bayesian sampling's settings (`sampling_options:`); random and grid take none."""
+    estimator: str = "gp"            # the surrogate: gp | rf | et
+    n_initial_points: int = 5        # random trials per subspace before the surrogate proposes
 
 
 @dataclass(frozen=True)
@@ -96,7 +140,11 @@ class JobSpec:
     early_termination: EarlyTermination | None = None
     seed: int = 0
     weights_cache: str | None = None
+    datastores: dict[str, str] = dataclasses.field(default_factory=dict)  # Azure datastore name → root URL
+    compile: bool = False                     # torch.compile the model in every trial
     name: str | None = None
+    sampling_options: SamplingOptions = SamplingOptions()
+    warm_start: tuple[str, ...] = ()          # earlier job ids whose finished trials seed the sampler
 
     @property
     def direction(self) -> str:
@@ -263,6 +311,16 @@ class _Checker:
             return None
         return value.strip()
 
+    def texts(self, value: Any, path: tuple) -> list[str]:
+        """A list of non-empty texts (one text is taken as a list of one)."""
+        if value is None:
+            return []
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list):
+            self.add(path, f"must be a list of texts, got {_type(value)}")
+            return []
+        return [t for i, item in enumerate(items) if (t := self.text(item, path + (i,))) is not None]
+
     def one_of(self, value: Any, path: tuple, allowed: tuple[str, ...], available: tuple[str, ...], what: str
                ) -> str | None:
         if value not in allowed:
@@ -299,8 +357,12 @@ _TOP = {
     "compute": "where trials run",
     "seed": "seed of the sampler and the trials",
     "weights_cache": "folder or bucket prefix with pretrained weight files",
+    "datastores": "Azure datastore names mapped to root URLs, for image_url AmlDatastore://<name>/<path>",
+    "compile": "true: torch.compile the model in every trial",
+    "sampling_options": "bayesian: estimator (gp | rf | et), n_initial_points",
+    "warm_start": "earlier job ids whose finished trials seed bayesian sampling",
 }
-_TOP_ALIASES = {"sampling_algorithm": "sampling", "hyperparameter_sampling": "sampling",
+_TOP_ALIASES = {"sampling_algorithm": "sampling", "hyperparameter_sampling": "sampling", "resume_from": "warm_start",
                 "early_termination_policy": "early_termination"}
 _LIMITS = {"max_trials": "", "max_concurrent_trials": "", "timeout_hours": "", "max_cost_usd": ""}
 _LIMIT_ALIASES = {"iterations": "max_trials", "max_concurrent_iterations": "max_concurrent_trials",
@@ -309,8 +371,15 @@ _POLICY_KEYS = {
     "bandit": ("slack_factor", "slack_amount", "evaluation_interval", "delay_evaluation"),
     "median_stopping": ("evaluation_interval", "delay_evaluation"),
     "truncation_selection": ("truncation_percentage", "evaluation_interval", "delay_evaluation"),
+    "asha": ("min_resource", "reduction_factor", "max_resource"),
 }
-_COMPUTE = {"launcher": "local | skypilot"}
+_POLICY_ALIASES = {"type": "policy", "grace_period": "min_resource", "max_t": "max_resource"}
+_SAMPLING_OPTIONS = {"estimator": " | ".join(ESTIMATORS), "n_initial_points": "1 or more"}
+_COMPUTE = {"launcher": "local | skypilot", "accelerators": "list of NAME:COUNT, in order of preference",
+            "fallback": "ordered | any_of", "use_spot": "true | false", "clouds": "list of clouds",
+            "regions": "list of cloud/region", "disk_size": "GB", "image": "the trainer's docker image",
+            "job_recovery": "strategy, max_restarts_on_errors", "secrets": "names of environment variables"}
+_JOB_RECOVERY = {"strategy": " | ".join(SKY_RECOVERY_STRATEGIES), "max_restarts_on_errors": "0 or more"}
 
 
 def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
@@ -354,6 +423,13 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     early = _early_termination(check, top["early_termination"]) if top.get("early_termination") is not None else None
     seed = check.integer(top.get("seed", 0), ("seed",), low=0) or 0
     weights_cache = check.text(top["weights_cache"], ("weights_cache",)) if top.get("weights_cache") else None
+    datastores = _datastores(check, top["datastores"]) if top.get("datastores") is not None else {}
+    compile_model = top.get("compile", False)
+    if not isinstance(compile_model, bool):
+        check.add(("compile",), f"must be true or false, got {compile_model!r}")
+    sampling_options = _sampling_options(check, sampling, top.get("sampling_options"))
+    warm_start = _warm_start(check, sampling, top.get("warm_start"),
+                             ("resume_from",) if "resume_from" in data else ("warm_start",))
     name = check.text(top["name"], ("name",)) if top.get("name") is not None else None
 
     search_space: list[dict[str, Value]] = []
@@ -374,7 +450,23 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     return JobSpec(task=task, training_data=training_data, validation_data=validation_data,
                    primary_metric=primary_metric, sampling=sampling, search_space=tuple(search_space),
                    arguments=arguments, limits=limits, compute=compute, early_termination=early, seed=seed,
-                   weights_cache=weights_cache, name=name)
+                   weights_cache=weights_cache, name=name, datastores=datastores, compile=compile_model is True, sampling_options=sampling_options,
+                   warm_start=warm_start)
+
+
+def _datastores(check: _Checker, raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        check.add(("datastores",), f"must be a mapping of datastore names to root URLs, got {_type(raw)}")
+        return {}
+    out = {}
+    for name, root in raw.items():
+        if not isinstance(name, str) or not name.strip() or "/" in name:
+            check.add(("datastores",), f"datastore names must be text without '/', got {name!r}")
+            continue
+        url = check.text(root, ("datastores", name))
+        if url:
+            out[name.strip()] = url
+    return out
 
 
 def _limits(check: _Checker, raw: Any) -> Limits:
@@ -391,13 +483,117 @@ def _limits(check: _Checker, raw: Any) -> Limits:
 
 def _compute(check: _Checker, raw: Any) -> Compute:
     values = check.mapping(raw, ("compute",), _COMPUTE)
-    launcher = values.get("launcher", "local")
-    if launcher == "skypilot" and "skypilot" not in AVAILABLE_LAUNCHERS:
-        check.add(("compute", "launcher"), "the skypilot launcher is not available in this version "
-                                           f"(available: {', '.join(AVAILABLE_LAUNCHERS)})")
-        return Compute()
-    return Compute(check.one_of(launcher, ("compute", "launcher"), LAUNCHERS, AVAILABLE_LAUNCHERS, "launcher")
-                   or "local")
+    launcher = check.one_of(values.get("launcher", "local"), ("compute", "launcher"), LAUNCHERS,
+                            AVAILABLE_LAUNCHERS, "launcher")
+    if launcher != "skypilot":
+        for key in values:
+            if key != "launcher" and launcher is not None:
+                check.add(("compute", key), f"applies only to launcher: skypilot (this job runs on {launcher})")
+        return Compute(launcher or "local")
+    if not _skypilot_installed():
+        check.add(("compute", "launcher"), f"the skypilot launcher needs SkyPilot, which is not installed: {SKY_INSTALL}")
+    path = lambda *keys: ("compute",) + keys
+    fields: dict[str, Any] = {"launcher": "skypilot"}
+    accelerators = check.texts(values.get("accelerators", []), path("accelerators"))
+    fields["accelerators"] = tuple(a for i, item in enumerate(accelerators)
+                                   if (a := _accelerator(check, path("accelerators", i), item)))
+    fields["fallback"] = check.one_of(values.get("fallback", "ordered"), path("fallback"), SKY_FALLBACKS,
+                                      SKY_FALLBACKS, "fallback") or "ordered"
+    if not isinstance(values.get("use_spot", True), bool):
+        check.add(path("use_spot"), f"must be true or false, got {values['use_spot']!r}")
+    fields["use_spot"] = values.get("use_spot", True) is not False
+    clouds = [c.lower() for c in check.texts(values.get("clouds"), path("clouds"))]
+    if "clouds" not in values:
+        check.add(path("clouds"), f"is required for skypilot: the clouds trials may run on, set up with "
+                                  f"`sky check` (any of {', '.join(SKY_CLOUDS)})")
+    for i, cloud in enumerate(clouds):
+        if cloud not in SKY_CLOUDS:
+            check.add(path("clouds", i), _unknown(cloud, SKY_CLOUDS, "cloud"))
+    fields["clouds"] = tuple(dict.fromkeys(c for c in clouds if c in SKY_CLOUDS))
+    fields["regions"] = tuple(r for i, item in enumerate(check.texts(values.get("regions", []), path("regions")))
+                              if (r := _region(check, path("regions", i), item, fields["clouds"])))
+    fields["disk_size"] = check.integer(values.get("disk_size", 100), path("disk_size"), 20, 65536) or 100
+    image = values.get("image")
+    if image is None:
+        check.add(path("image"), "is required for skypilot: the trainer image built from infra/Dockerfile and "
+                                 "pushed to a registry the clouds can pull from, e.g. ghcr.io/you/automl-images-trainer:0.1.0")
+    elif (text := check.text(image, path("image"))) is not None:
+        reference = text[len("docker:"):] if text.startswith("docker:") else text
+        if not DOCKER_REFERENCE.fullmatch(reference):
+            check.add(path("image"), f"{text!r} is not a docker image reference such as "
+                                     "ghcr.io/you/automl-images-trainer:0.1.0 (lower-case repository, optional tag)")
+        else:
+            fields["image"] = reference
+    fields["job_recovery"] = _job_recovery(check, values.get("job_recovery", {}))
+    secrets = check.texts(values.get("secrets", []), path("secrets"))
+    for i, name in enumerate(secrets):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            check.add(path("secrets", i), f"{name!r} is not an environment variable name")
+    fields["secrets"] = tuple(secrets)
+    return Compute(**fields)
+
+
+# docker/distribution's reference grammar: [domain[:port]/]path[:tag][@digest]
+_DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+# A first part is a registry only with a dot or a port, or when it is localhost (docker's rule).
+_DOCKER_DOMAIN = r"(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)"
+DOCKER_REFERENCE = re.compile(rf"{_DOCKER_DOMAIN}?{_DOCKER_COMPONENT}(?:/{_DOCKER_COMPONENT})*"
+                              r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
+
+
+def _skypilot_installed() -> bool:
+    try:
+        importlib.metadata.version("skypilot")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _accelerator(check: _Checker, path: tuple, text: str) -> str | None:
+    """`NAME:COUNT` (count 1 when left out), the name as SkyPilot spells it."""
+    name, _, count = text.partition(":")
+    canonical = {a.lower(): a for a in SKY_ACCELERATORS}.get(name.strip().lower())
+    if canonical is None:
+        check.add(path, _unknown(name.strip(), SKY_ACCELERATORS, "accelerator") + " (NVIDIA GPUs the trainer image can use)")
+        return None
+    count = count.strip() or "1"
+    if not count.isdigit() or not 1 <= int(count) <= 16:
+        check.add(path, f"the count of {canonical} must be a whole number from 1 to 16, got {count!r}")
+        return None
+    return f"{canonical}:{int(count)}"
+
+
+def _region(check: _Checker, path: tuple, text: str, clouds: tuple[str, ...]) -> str | None:
+    """`cloud/region`; a bare region when the job names exactly one cloud."""
+    cloud, _, region = text.rpartition("/")
+    cloud = cloud.lower()
+    if not cloud:
+        if len(clouds) != 1:
+            check.add(path, f"write the region as cloud/region (e.g. aws/{region}) when the job names "
+                            f"{'several clouds' if clouds else 'no cloud'}")
+            return None
+        cloud = clouds[0]
+    elif cloud not in clouds:
+        check.add(path, f"{cloud!r} is not among compute.clouds ({', '.join(clouds) or 'none'})")
+        return None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*[a-z0-9]", region):
+        check.add(path, f"{region!r} is not a region name such as us-east-1 or us-central1")
+        return None
+    return f"{cloud}/{region}"
+
+
+def _job_recovery(check: _Checker, raw: Any) -> JobRecovery:
+    path = ("compute", "job_recovery")
+    values = check.mapping(raw, path, _JOB_RECOVERY)
+    strategy = values.get("strategy", JobRecovery.strategy)
+    if isinstance(strategy, str) and strategy.upper() in SKY_RECOVERY_STRATEGIES:
+        strategy = strategy.upper()
+    else:
+        check.add(path + ("strategy",), _unknown(str(strategy), SKY_RECOVERY_STRATEGIES, "recovery strategy"))
+        strategy = JobRecovery.strategy
+    restarts = check.integer(values.get("max_restarts_on_errors", JobRecovery.max_restarts_on_errors),
+                             path + ("max_restarts_on_errors",), 0, 100)
+    return JobRecovery(strategy, JobRecovery.max_restarts_on_errors if restarts is None else restarts)
 
 
 def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
@@ -412,8 +608,11 @@ def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
     if policy is None:
         return None
     allowed = {"policy": "", **{k: "" for k in _POLICY_KEYS[policy]}}
-    values = check.mapping(raw, ("early_termination",), allowed, {"type": "policy"})
+    values = check.mapping(raw, ("early_termination",), allowed,
+                           {a: k for a, k in _POLICY_ALIASES.items() if k == "policy" or k in allowed})
     path = lambda key: ("early_termination", key)
+    if policy == "asha":
+        return _asha(check, values)
     fields: dict[str, Any] = {
         "evaluation_interval": check.integer(values.get("evaluation_interval", 1), path("evaluation_interval"), 1),
         "delay_evaluation": check.integer(values.get("delay_evaluation", 0), path("delay_evaluation"), 0),
@@ -434,6 +633,55 @@ def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
     if any(v is None for k, v in fields.items() if k in ("evaluation_interval", "delay_evaluation")):
         return None
     return EarlyTermination(policy=policy, **fields)
+
+
+def _asha(check: _Checker, values: dict[str, Any]) -> EarlyTermination | None:
+    """ASHA counts epochs; it has its own schedule (the rungs), so no evaluation_interval."""
+    path = lambda key: ("early_termination", key)
+    low = check.integer(values.get("min_resource", 1), path("min_resource"), 1)
+    factor = check.integer(values.get("reduction_factor", 3), path("reduction_factor"), 2, 100)
+    high = check.integer(values["max_resource"], path("max_resource"), 1) \
+        if values.get("max_resource") is not None else None
+    if low is None or factor is None or (values.get("max_resource") is not None and high is None):
+        return None
+    if high is not None and high <= low:
+        check.add(path("max_resource"), f"must be above min_resource ({low}), got {high}: "
+                                        "with no rung below it, asha would never stop a trial")
+        return None
+    return EarlyTermination("asha", min_resource=low, reduction_factor=factor, max_resource=high)
+
+
+def _sampling_options(check: _Checker, sampling: str | None, raw: Any) -> SamplingOptions:
+    if raw is None:
+        return SamplingOptions()
+    path = ("sampling_options",)
+    values = check.mapping(raw, path, _SAMPLING_OPTIONS)
+    if sampling not in ("bayesian", None):
+        check.add(path, f"apply only to bayesian sampling; {sampling} sampling takes none")
+        return SamplingOptions()
+    estimator = values.get("estimator", SamplingOptions.estimator)
+    if isinstance(estimator, str):
+        estimator = estimator.lower()
+    if estimator not in ESTIMATORS:
+        check.add(path + ("estimator",), _unknown(str(estimator), ESTIMATORS, "estimator"))
+        estimator = SamplingOptions.estimator
+    initial = check.integer(values.get("n_initial_points", SamplingOptions.n_initial_points),
+                            path + ("n_initial_points",), 1, 1000)
+    return SamplingOptions(estimator, SamplingOptions.n_initial_points if initial is None else initial)
+
+
+def _warm_start(check: _Checker, sampling: str | None, raw: Any, path: tuple) -> tuple[str, ...]:
+    """Earlier job ids (checked against the root when the controller accepts the job); `path` is
+    the key as written (Azure HyperDrive's `resume_from` is accepted)."""
+    from .store import JOB_ID
+
+    jobs = check.texts(raw, path)
+    for i, job in enumerate(jobs):
+        if not JOB_ID.fullmatch(job):
+            check.add(path + (i,), f"{job!r} is not a job id (lower-case letters, digits and dashes)")
+    if jobs and sampling not in ("bayesian", None):
+        check.add(path, f"seeds bayesian sampling only; {sampling} sampling would ignore it")
+    return tuple(dict.fromkeys(jobs))
 
 
 def _hyperparameter_problem(task: Task, name: str, model_names: list[str]) -> str | None:
@@ -493,6 +741,9 @@ def _search_space(check: _Checker, task: Task, raw: Any) -> list[dict[str, Value
                 del space[name]
                 continue
             _check_value(check, path + (name,), hps.HYPERPARAMETERS[name], value)
+            problem = _input_size_problem(name, value, model_names)
+            if problem:
+                check.add(path + (name,), problem)
         spaces.append(space)
     return spaces
 
@@ -617,8 +868,41 @@ def _arguments(check: _Checker, task: Task, raw: Any, spaces: list[dict[str, Val
         if error:
             check.add(item_path, error)
             continue
+        problem = _input_size_problem(name, coerced, all_models, in_arguments=True)
+        if problem:
+            check.add(item_path, problem)
+            continue
         out[name] = coerced
     return out
+
+
+def _input_size_problem(name: str, value: Value, model_names: list[str], in_arguments: bool = False) -> str | None:
+    """Why `crop_size` cannot take `value` with these models (the ViTs and seresnext take one input
+    size only); None when it can. Values that are invalid anyway are left to their own check."""
+    if name != "crop_size":
+        return None
+    fixed = {m: models.MODELS[m].fixed_input_size for m in model_names
+             if m in models.MODELS and models.MODELS[m].fixed_input_size is not None}
+    if not fixed:
+        return None
+    others = [m for m in model_names if m not in fixed]
+    if in_arguments and others:
+        hint = f"; set crop_size in the subspaces of {', '.join(others)} instead of in arguments"
+    elif others:
+        hint = f"; give {', '.join(fixed)} a subspace of its own"
+    else:
+        hint = ""
+    model_name, size = next(iter(fixed.items()))
+    if isinstance(value, Distribution) and not value.is_discrete:
+        return f"{model_name} takes only {size}x{size} inputs (crop_size {size}), but {value} draws other sizes{hint}"
+    values = value.values if isinstance(value, Distribution) else [value]
+    for model_name, size in fixed.items():
+        coerced = [hps.HYPERPARAMETERS[name].check(v) for v in values]
+        wrong = [v for v, error in coerced if error is None and v != size]
+        if wrong:
+            return (f"{model_name} takes only {size}x{size} inputs: crop_size must be {size}, got "
+                    f"{', '.join(map(str, wrong))}{hint}")
+    return None
 
 
 def _space_models(space: dict[str, Value]) -> list[str]:

@@ -168,3 +168,177 @@ def test_remote_images_are_cached_on_local_disk(tmp_path):
     memory.rm_file("/trainer-test/img/a.png")  # later reads come from the cache
     (again,), _ = data.fetch_images([record], cache_dir=cache)
     assert again.path == sample.path and data.open_image(again.path).getpixel((0, 0)) == (0, 255, 0)
+
+
+# -- where images are ----------------------------------------------------------------------------
+
+def test_azure_datastore_references_map_through_the_job_datastores(tmp_path):
+    store = tmp_path / "store"
+    save_png(str(store / "images" / "a.png"))
+    save_png(str(store / "images" / "b.png"))
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        {"image_url": "AmlDatastore://workspaceblobstore/images/a.png", "label": "x"},
+        {"image_url": "azureml://datastores/workspaceblobstore/paths/images/b.png", "label": "y"},
+        {"image_url": "azureml://subscriptions/s/resourcegroups/g/workspaces/w/datastores/workspaceblobstore/"
+                      "paths/images/a.png", "label": "x"},
+    ])
+    records = data.read_jsonl(path, parse_label, {"workspaceblobstore": str(store)})
+    assert [r.image_url for r in records] == [str(store / "images" / n) for n in ("a.png", "b.png", "a.png")]
+    samples, skipped = data.fetch_images(records, cache_dir=str(tmp_path / "cache"))
+    assert len(samples) == 3 and not skipped
+
+
+@pytest.mark.parametrize("reference, message", [
+    ("AmlDatastore://elsewhere/images/a.png", "unknown datastore 'elsewhere' in"),
+    ("azureml://datastores/elsewhere/paths/a.png", "unknown datastore 'elsewhere' in"),
+    ("AmlDatastore://workspaceblobstore/../secret.png", "leaves the root of datastore 'workspaceblobstore'"),
+])
+def test_bad_datastore_references_name_file_line_and_field(tmp_path, reference, message):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"image_url": "ok.png", "label": "x"},
+                                                   {"image_url": reference, "label": "x"}])
+    with pytest.raises(data.DataError) as info:
+        data.read_jsonl(path, parse_label, {"workspaceblobstore": "s3://bucket/store"})
+    assert "train.jsonl:2: field 'image_url': " in str(info.value) and message in str(info.value)
+    assert "known: workspaceblobstore" in str(info.value) or "leaves" in str(info.value)
+
+
+def test_absolute_urls_file_memory_and_https(tmp_path):
+    import http.server
+    import threading
+    from functools import partial
+
+    save_png(str(tmp_path / "served" / "c.png"), color=(0, 0, 255))
+    save_png(str(tmp_path / "d.png"), color=(0, 255, 0))
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(buffer, format="PNG")
+    fsspec.filesystem("memory").pipe_file("/trainer-test-abs/e.png", buffer.getvalue())
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "served"))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/c.png"
+        path = write_jsonl(tmp_path / "train.jsonl", [
+            {"image_url": url, "label": "blue"},
+            {"image_url": f"file://{tmp_path / 'd.png'}", "label": "green"},
+            {"image_url": "memory://trainer-test-abs/e.png", "label": "red"},
+            {"image_url": f"http://127.0.0.1:{server.server_address[1]}/missing.png", "label": "red"},
+        ])
+        records = data.read_jsonl(path, parse_label)
+        samples, skipped = data.fetch_images(records, cache_dir=str(tmp_path / "cache"))
+    finally:
+        server.shutdown()
+    assert [data.open_image(s.path).getpixel((0, 0)) for s in samples] == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+    assert samples[0].path.startswith(str(tmp_path / "cache"))  # remote: cached
+    assert samples[1].path == str(tmp_path / "d.png")            # local: read in place
+    assert [(s.where, s.reason) for s in skipped] == [(f"{path}:4", "not found")]
+
+
+# -- image_details -------------------------------------------------------------------------------
+
+def test_image_details_forms_azure_writes():
+    path_lines = [
+        {"image_url": "a.png", "label": "x", "image_details": {"format": "PNG", "width": "499px", "height": "666 px"}},
+        {"image_url": "a.png", "label": "x", "image_details": {"format": "jpg", "width": 499, "height": 666.0}},
+        {"image_url": "a.png", "label": "x", "image_details": {}},
+        {"image_url": "a.png", "label": "x"},
+    ]
+    records = [data._parse_line("t.jsonl", i + 1, json.dumps(line), parse_label, {})
+               for i, line in enumerate(path_lines)]
+    assert [r.details for r in records] == [data.ImageDetails("png", 499, 666), data.ImageDetails("jpeg", 499, 666),
+                                            data.ImageDetails(), None]
+
+
+@pytest.mark.parametrize("details, field", [
+    ({"width": "wide"}, "width"), ({"height": -3}, "height"), ({"width": True}, "width"),
+    ({"width": 1.5}, "width"), ({"format": 5}, "format"), ({"format": ""}, "format"),
+])
+def test_bad_image_details_name_the_field(tmp_path, details, field):
+    path = write_jsonl(tmp_path / "train.jsonl", [{"image_url": "a.png", "label": "x", "image_details": details}])
+    with pytest.raises(data.DataError, match=rf"train\.jsonl:1: field 'image_details\.{field}': "):
+        data.read_jsonl(path, parse_label)
+
+
+def test_stated_size_or_format_that_differs_is_a_warning(tmp_path):
+    save_png(str(tmp_path / "a.png"), size=(20, 10))
+    path = write_jsonl(tmp_path / "train.jsonl", [
+        {"image_url": "a.png", "label": "x", "image_details": {"format": "png", "width": "20px", "height": "10px"}},
+        {"image_url": "a.png", "label": "x", "image_details": {"format": "png", "width": 10, "height": 20}},  # rotated
+        {"image_url": "a.png", "label": "x", "image_details": {"format": "jpeg", "width": 640, "height": 480}},
+    ])
+    samples, skipped = data.fetch_images(data.read_jsonl(path, parse_label), cache_dir=str(tmp_path / "cache"))
+    assert not skipped and [s.warning for s in samples[:2]] == [None, None]
+    assert samples[2].warning == ("image_details says 640x480, the image is 20x10; "
+                                  "image_details says format 'jpeg', the image is 'png'")
+
+
+# -- decoding ------------------------------------------------------------------------------------
+
+def _png_bytes(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", **options)
+    return buffer.getvalue()
+
+
+def test_every_mode_becomes_8_bit_rgb(tmp_path):
+    import numpy as np
+
+    palette = Image.new("P", (4, 4), 1)
+    palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    transparent_palette = palette.copy()
+    transparent_palette.info["transparency"] = 1
+    rgba = Image.new("RGBA", (4, 4), (200, 0, 0, 0))       # fully transparent red
+    rgba.putpixel((0, 0), (200, 0, 0, 255))
+    sixteen = Image.fromarray(np.array([[0, 32896, 65535, 65535]] * 4, dtype=np.uint16))
+    assert sixteen.mode == "I;16"
+    cases = {
+        "grey.png": (Image.new("L", (4, 4), 77), (1, 1), (77, 77, 77)),
+        "palette.png": (palette, (1, 1), (10, 200, 30)),
+        "palette-transparent.png": (transparent_palette, (1, 1), (255, 255, 255)),
+        "rgba.png": (rgba, (1, 1), (255, 255, 255)),        # composited over white
+        "rgba-opaque.png": (rgba, (0, 0), (200, 0, 0)),
+        "grey-alpha.png": (Image.new("LA", (4, 4), (90, 255)), (1, 1), (90, 90, 90)),
+        "sixteen-bit.png": (sixteen, (1, 0), (128, 128, 128)),  # PIL's convert would give 255
+        "sixteen-bit-max.png": (sixteen, (2, 0), (255, 255, 255)),
+        "binary.png": (Image.new("1", (4, 4), 1), (1, 1), (255, 255, 255)),
+    }
+    for name, (image, xy, expected) in cases.items():
+        (tmp_path / name).write_bytes(_png_bytes(image))
+        decoded = data.open_image(str(tmp_path / name))
+        assert decoded.mode == "RGB" and decoded.getpixel(xy) == expected, name
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")  # red in CMYK
+    red = data.open_image(str(tmp_path / "cmyk.jpg")).getpixel((4, 4))
+    assert red[0] > 240 and red[1] < 15 and red[2] < 15
+
+
+def test_jpeg_is_decoded_at_the_smallest_scale_the_resize_needs(tmp_path):
+    Image.new("RGB", (800, 600), (10, 120, 200)).save(tmp_path / "big.jpg", quality=95)
+    assert data.open_image(str(tmp_path / "big.jpg")).size == (800, 600)
+    assert data.open_image(str(tmp_path / "big.jpg"), min_size=140).size == (200, 150)  # 1/4: both ≥ 140
+    assert data.open_image(str(tmp_path / "big.jpg"), min_size=600).size == (800, 600)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A valid-looking PNG of a few bytes whose header claims width × height pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+            + chunk(b"IEND", b""))
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns; we refuse
+def test_decompression_bombs_are_refused_from_the_header(tmp_path):
+    # 9000 × 9000 = 81 M pixels: over our limit, under the 2× at which PIL itself refuses.
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(9000, 9000))
+    (tmp_path / "huge.png").write_bytes(_png_claiming(100_000, 100_000))
+    save_png(str(tmp_path / "ok.png"))
+    records = [data.Record("t.jsonl", i + 1, str(tmp_path / n), "x") for i, n in enumerate(("bomb.png", "huge.png", "ok.png"))]
+    samples, skipped = data.fetch_images(records, cache_dir=str(tmp_path / "cache"))
+    assert [s.record.line for s in samples] == [3]
+    assert [s.reason.split(":")[0] for s in skipped] == ["too large", "too large"]
+    assert "9000x9000 = 81000000 pixels, more than the 64000000 allowed" in skipped[0].reason

@@ -133,7 +133,8 @@ def test_classification_metrics():
     assert metrics["recall_score_weighted"] == 0.75
     assert metrics["precision_score_weighted"] == pytest.approx((1 * 0.5 + 2 * 1.0 + 1 * 1.0) / 4)
     assert metrics["log_loss"] == pytest.approx(metrics["loss"]) and metrics["log_loss"] > 0
-    assert metrics["per_class"]["b"] == {"support": 2, "correct": 1}
+    assert metrics["per_class"]["b"]["support"] == 2 and metrics["per_class"]["b"]["recall"] == 0.5
+    assert metrics["confusion_matrix"] == {"labels": ["a", "b", "c"], "matrix": [[1, 0, 0], [1, 1, 0], [0, 0, 1]]}
 
 
 def test_threads_from_environment(monkeypatch):

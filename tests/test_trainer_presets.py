@@ -36,3 +36,31 @@ def test_unknown_names_fail_loudly():
 def test_preprocessing_round_trips_through_json():
     p = presets.Preprocessing(256, 224, "translate")
     assert presets.Preprocessing.from_dict(p.to_dict()) == p
+
+
+@pytest.mark.parametrize("name", sorted(presets.TRAIN_PRESETS))
+def test_batch_normalisation_equals_the_per_image_transform(name):
+    """The trainer's split (8-bit per image, normalised per batch) gives the exported model's inputs."""
+    import numpy as np
+
+    p = presets.Preprocessing(resize_size=20, crop_size=16, train_preset=name)
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (24, 30, 3), dtype=np.uint8))
+              for i in range(3)]
+    whole = torch.stack([presets.eval_transform(p)(image) for image in images])
+    eight_bit = torch.stack([presets.eval_transform(p, normalize=False)(image) for image in images])
+    assert eight_bit.dtype == torch.uint8
+    assert torch.allclose(presets.BatchNormalize(p)(eight_bit), whole, atol=1e-6)
+    channels_last = presets.BatchNormalize(p)(eight_bit.contiguous(memory_format=torch.channels_last))
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+    torch.manual_seed(0)
+    a = presets.train_transform(p)(images[0])
+    torch.manual_seed(0)
+    b = presets.BatchNormalize(p)(presets.train_transform(p, normalize=False)(images[0])[None])[0]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_decode_size_keeps_what_each_transform_needs():
+    p = presets.Preprocessing(resize_size=256, crop_size=224, train_preset="translate")
+    assert presets.decode_size(p, train=True) == presets.decode_size(p, train=False) == 256
+    flips = presets.Preprocessing(resize_size=256, crop_size=224, train_preset="resized_crop_flip")
+    assert presets.decode_size(flips, train=True) == 448 and presets.decode_size(flips, train=False) == 256

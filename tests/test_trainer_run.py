@@ -235,7 +235,7 @@ def test_validation_class_unseen_in_training_fails(tmp_path, dataset):
 
 
 def test_bad_settings_are_user_errors(tmp_path, dataset):
-    status = run.run_trial(write_spec(tmp_path / "trial", dataset, model_name="seresnext"))
+    status = run.run_trial(write_spec(tmp_path / "trial", dataset, model_name="yolov5"))
     assert status["status"] == "failed" and status["error"]["kind"] == "user"
     assert "model_name" in status["error"]["message"] and "not available" in status["error"]["message"]
 

@@ -1,6 +1,13 @@
 """The checkpoint: one dict with everything a restarted trial needs to continue where it left off,
 written atomically to `checkpoints/last.pt` after every epoch (torchvision references' layout:
-`model`, `optimizer`, `lr_scheduler`, `scaler`, `epoch`, plus what our trials add).
+`model`, `optimizer`, `lr_scheduler`, `scaler`, `epoch`, plus what our trials add: the metric
+history and best epoch, early stopping's counters, the RNG states of every process).
+
+The training order needs no state of its own: it is a function of the seed and the epoch (see
+engine.EpochSampler), as is each image's augmentation.
+
+`snapshot` copies the states, so that the copy can be written in the background while the next
+epoch changes the originals.
 
 The best epoch's weights travel in the same dict (`best_model`, None when the last epoch is the
 best one, which is then `model`), so the checkpoint and the best model can never disagree after a
@@ -37,15 +44,20 @@ class Progress:
     best_model: dict[str, torch.Tensor] | None = None  # CPU copy of the best epoch's weights
     duration_s: float = 0.0             # training time over every attempt, up to `epoch`
 
-    def record_best(self, epoch: int, metrics: dict[str, Any], model: torch.nn.Module) -> None:
+    def record_best(self, epoch: int, metrics: dict[str, Any], model: torch.nn.Module | None) -> None:
+        """`model` None: keep no copy of the weights (a rank that never writes the checkpoint)."""
         self.best_epoch = epoch
         self.best_metrics = metrics
-        self.best_model = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.best_model = None if model is None else \
+            {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def state_dict(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_scheduler,
                scaler: torch.amp.GradScaler | None, early_stopping, progress: Progress, labels: list[str],
-               loader_generator: torch.Generator, rng: dict[str, Any]) -> dict[str, Any]:
+               rng: dict[str, Any], rng_by_rank: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`model` is the bare module (not its DistributedDataParallel or compiled wrapper), so that
+    the keys are those of the exported model. `rng_by_rank`: every process's RNG states when there
+    are several (rank 0's are `rng`)."""
     return {
         "format_version": FORMAT_VERSION,
         "model": model.state_dict(),
@@ -61,8 +73,21 @@ def state_dict(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr_s
         "early_stopping": early_stopping.state_dict(),
         "labels": labels,
         "rng": rng,
-        "loader_generator": loader_generator.get_state(),
+        "rng_by_rank": rng_by_rank,
     }
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of a (nested) state on the CPU that shares no tensor with the live objects."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snapshot(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(snapshot(v) for v in value)
+    return value
 
 
 def save(storage: Storage, checkpoint: dict[str, Any], checkpoint_frequency: int | None = None) -> None:
@@ -91,9 +116,10 @@ def load(storage: Storage) -> dict[str, Any] | None:
 
 def restore(checkpoint: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             lr_scheduler, scaler: torch.amp.GradScaler | None, early_stopping, labels: list[str],
-            loader_generator: torch.Generator) -> tuple[Progress, dict[str, Any]]:
-    """Load the states into the given objects; returns the progress and the RNG states (applied
-    by the caller once everything else is built, as building draws random numbers)."""
+            rank: int = 0, world_size: int = 1) -> tuple[Progress, dict[str, Any]]:
+    """Load the states into the given objects; returns the progress and this process's RNG states
+    (applied by the caller once everything else is built, as building draws random numbers). A
+    process of another world size than the checkpoint's takes rank 0's."""
     if checkpoint["labels"] != labels:
         raise DataError(f"the checkpoint was trained on classes {checkpoint['labels']} but the data now has "
                         f"{labels}; the data changed since this trial started (delete its checkpoints/ "
@@ -104,11 +130,12 @@ def restore(checkpoint: dict[str, Any], *, model: torch.nn.Module, optimizer: to
     if scaler is not None and checkpoint["scaler"] is not None:
         scaler.load_state_dict(checkpoint["scaler"])
     early_stopping.load_state_dict(checkpoint["early_stopping"])
-    loader_generator.set_state(checkpoint["loader_generator"])
     best_model = checkpoint["best_model"]
     if best_model is None and checkpoint["best_epoch"] is not None:
         best_model = checkpoint["model"]
     progress = Progress(epoch=checkpoint["epoch"], history=checkpoint["history"],
                         best_epoch=checkpoint["best_epoch"], best_metrics=checkpoint["best_metrics"],
                         best_model=best_model, duration_s=checkpoint["duration_s"])
-    return progress, checkpoint["rng"]
+    by_rank = checkpoint.get("rng_by_rank")
+    rng = by_rank[rank] if by_rank and len(by_rank) == world_size else checkpoint["rng"]
+    return progress, rng

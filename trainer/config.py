@@ -32,6 +32,9 @@ class TrialSpec:
     seed: int = 0
     max_bad_image_ratio: float = 0.05  # above this share of unreadable images the trial fails
     weights_cache: str | None = None   # folder or bucket prefix with pretrained weight files
+    # Azure datastore names → root URLs, for image_url values `AmlDatastore://<name>/<path>`.
+    datastores: dict[str, str] = field(default_factory=dict)
+    compile: bool = False              # torch.compile the model (a trainer option, not an Azure one)
     # What the sampler chose for this trial (subspace index and sampled values): for people and the
     # leaderboard; the trainer runs `hyperparameters`, which already include them.
     sweep: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +73,14 @@ class TrialSpec:
             _, error = definition.check(value)
             if error:
                 raise SpecError(f"trial spec hyperparameters.{name}: {error}")
+        datastores = data.get("datastores") or {}
+        if not isinstance(datastores, dict) or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v for k, v in datastores.items()):
+            raise SpecError(f"trial spec field 'datastores': must map datastore names to root URLs, got {datastores!r}")
+        if not isinstance(data.get("compile", False), bool):
+            raise SpecError(f"trial spec field 'compile': must be true or false, got {data['compile']!r}")
         fields = {k: v for k, v in data.items() if k in known}
+        fields["datastores"] = dict(datastores)
         fields["task"] = task
         fields["hyperparameters"] = hp_registry.resolve(task, hyperparameters)
         return cls(**fields)

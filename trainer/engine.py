@@ -18,11 +18,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .config import SpecError
 
 # Environment variable: how many CPU threads torch may use (the local launcher runs several trials
 # on one machine, each with a share of the cores).
 THREADS_ENV = "AUTOML_IMAGES_THREADS"
+# Environment variable: "1" makes GPU training bitwise reproducible (deterministic cuDNN kernels, no
+# kernel search), at some cost in speed. The CPU is always deterministic.
+DETERMINISTIC_ENV = "AUTOML_IMAGES_DETERMINISTIC"
+# On a GPU the training loss is read back (which waits for the GPU) every this many steps, to check
+# that it is finite; reading it every step would stall the queue of kernels for small models.
+LOSS_CHECK_STEPS_GPU = 20
+MAX_LOADER_WORKERS = 32  # per training process: beyond, memory grows faster than throughput
+# Environment variable: torch.compile's backend when a trial has `compile: true` (default inductor).
+COMPILE_BACKEND_ENV = "AUTOML_IMAGES_COMPILE_BACKEND"
 
 
 # -- machine ---------------------------------------------------------------------------------------
@@ -43,6 +53,34 @@ def select_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def configure_kernels(device: torch.device) -> bool:
+    """Pick kernels for speed or for reproducibility; returns True when training is deterministic.
+
+    On the CPU, PyTorch's kernels are deterministic for a given thread count, and deterministic
+    algorithms are asked for where an op has a choice: a resumed trial computes what an
+    uninterrupted one would have. On a GPU, speed by default: cuDNN searches the fastest kernels
+    for the (fixed) input size, and TF32 matmuls are allowed; AUTOML_IMAGES_DETERMINISTIC=1 trades
+    that for bitwise reproducibility."""
+    strict = os.environ.get(DETERMINISTIC_ENV, "") == "1"
+    # Deterministic mode would also fill every new tensor with NaN (to expose reads of uninitialised
+    # memory, which our kernels do not do): 20% of a CPU training step for mobilenetv2.
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    if device.type == "cuda":
+        if strict:
+            # cuBLAS needs a fixed workspace to be deterministic; read when CUDA starts its handles.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            return True
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        return False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return True
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
     """Mixed precision on CUDA only (CPU autocast is slower than float32 for these models): bfloat16
     where the GPU has it, as it needs no loss scaling; float16 otherwise."""
@@ -59,7 +97,8 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy and torch RNG states as plain lists and tensors, so that the checkpoint loads
-    with `weights_only=True`."""
+    with `weights_only=True`. On a GPU, the current device's state only: asking for every device's
+    would start a CUDA context on each GPU from each process of a multi-GPU trial."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -67,8 +106,8 @@ def rng_state() -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -78,28 +117,102 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, list):  # written by an earlier version: one state per device
+        cuda = cuda[torch.cuda.current_device()] if torch.cuda.is_available() and cuda else None
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda)
 
 
-def loader_workers(device: torch.device, dataset_size: int, batch_size: int) -> int:
+def loader_workers(device: torch.device, dataset_size: int, batch_size: int, processes_per_node: int = 1) -> int:
     """DataLoader worker processes. On CPU none: the model's own threads already use every core the
     trial has, and a worker would only compete with them (and cost a process start per loader).
-    On a GPU the CPU decodes while the GPU computes, unless the data is so small that starting the
-    workers would cost more than they save."""
-    if device.type != "cuda" or dataset_size <= 16 * batch_size:
+    On a GPU the CPU decodes while the GPU computes (the workers start once per trial and stay),
+    unless the data is two batches or less; the cores are shared by the node's training processes."""
+    if device.type != "cuda" or dataset_size <= 2 * batch_size:
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    # Every core but one (the training process's own) decodes: on an H100 with 16 cores, resnet18
+    # trained at 1570 images/s with 8 workers, 2400 with 12 and 2490 with 15 (JPEG decoding bound;
+    # the GPU alone does 10,000).
+    return max(1, min(MAX_LOADER_WORKERS, cores // max(1, processes_per_node) - 1))
 
 
-def make_loader(dataset, batch_size: int, *, train: bool, device: torch.device,
-                generator: torch.Generator | None = None) -> DataLoader:
-    workers = loader_workers(device, len(dataset), batch_size)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, generator=generator,
-                      num_workers=workers, persistent_workers=workers > 0,
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order: a permutation that depends only on (seed, epoch), split across ranks
+    like DistributedSampler (padded so that every rank takes as many steps). It yields (epoch,
+    index) pairs so that the dataset seeds each image's augmentation from them: a resumed epoch,
+    a different number of loader workers or of processes see the same crops for the same image.
+
+    With one process it keeps no state but the epoch, which the trainer sets before each epoch."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+        self.per_rank = math.ceil(size / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        padded = (order * math.ceil(self.per_rank * self.world_size / max(1, self.size)))[
+            :self.per_rank * self.world_size]
+        return iter((self.epoch, index) for index in padded[self.rank::self.world_size])
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def make_loader(dataset, batch_size: int, *, train: bool, device: torch.device, seed: int = 0,
+                rank: int = 0, world_size: int = 1, processes_per_node: int = 1,
+                collate_fn: Callable | None = None) -> DataLoader:
+    """Training: an EpochSampler (call `loader.sampler.set_epoch(e)` before each epoch). Validation:
+    the images in order, split across ranks without padding (see distributed.ShardSampler).
+    `collate_fn`: the task's, when its batches are not stacked tensors (detection: lists)."""
+    if train:
+        sampler: torch.utils.data.Sampler = EpochSampler(len(dataset), seed, rank, world_size)
+    elif world_size > 1:
+        sampler = distributed.ShardSampler(len(dataset), rank, world_size)
+    else:
+        sampler = torch.utils.data.SequentialSampler(dataset)
+    workers = loader_workers(device, len(sampler), batch_size, processes_per_node)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn,
+                      num_workers=workers,
+                      # Kept between epochs: starting 8 workers costs a second an epoch. Augmentation
+                      # does not depend on the workers' RNG (see EpochSampler).
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                       pin_memory=device.type == "cuda",
                       # A last batch of one image breaks batch norm's statistics in training.
-                      drop_last=train and len(dataset) % batch_size == 1)
+                      drop_last=train and len(sampler) % batch_size == 1)
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Channels-last weights on a GPU: its tensor cores take NHWC, and cuDNN would otherwise convert
+    every activation. (On the CPU the task adapter decides per model.)"""
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def compile_backend() -> str:
+    """torch.compile's backend: inductor (generated kernels), unless AUTOML_IMAGES_COMPILE_BACKEND
+    names another (e.g. "eager" to check a model traces without waiting minutes for a C++ build)."""
+    return os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+
+
+def compile_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model wrapped by torch.compile; the wrapper shares the model's parameters, so state
+    dicts are taken from the model itself."""
+    return torch.compile(model, backend=compile_backend())
+
+
+def is_channels_last(model: torch.nn.Module) -> bool:
+    for parameter in model.parameters():
+        if parameter.dim() == 4:
+            return parameter.is_contiguous(memory_format=torch.channels_last) and not parameter.is_contiguous()
+    return False
 
 
 # -- optimizer and schedule ------------------------------------------------------------------------
@@ -163,37 +276,68 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, hp: dict[str, Any], ste
 
 # -- loops -----------------------------------------------------------------------------------------
 
-def to_device(value: Any, device: torch.device) -> Any:
+def to_device(value: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Tensors (in lists, tuples, dicts) to `device`, without waiting when they are pinned; image
+    batches channels-last when the model is."""
     if isinstance(value, torch.Tensor):
+        if channels_last and value.dim() == 4:
+            return value.to(device, non_blocking=True, memory_format=torch.channels_last)
         return value.to(device, non_blocking=True)
     if isinstance(value, (list, tuple)):
-        return type(value)(to_device(v, device) for v in value)
+        return type(value)(to_device(v, device, channels_last) for v in value)
     if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device, channels_last) for k, v in value.items()}
     return value
+
+
+Control = Callable[[bool, bool], tuple[bool, bool]]
+
+
+def _alone(stop: bool, bad_loss: bool) -> tuple[bool, bool]:
+    return stop, bad_loss
 
 
 def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
                     lr_scheduler, loader: DataLoader, device: torch.device, *,
                     scaler: torch.amp.GradScaler | None = None, autocast_dtype: torch.dtype | None = None,
                     should_stop: Callable[[], bool] = lambda: False,
-                    on_step: Callable[[int, int], None] = lambda step, steps: None) -> dict[str, Any]:
-    """One pass over `loader`. Returns the mean training loss, the last learning rate, and
-    `interrupted` when `should_stop` turned true before the epoch's end."""
+                    on_step: Callable[[int, int], None] = lambda step, steps: None,
+                    control: Control = _alone, channels_last: bool | None = None,
+                    prepare: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+    """One pass over `loader`. Returns the summed training loss, the images, the last learning rate,
+    and `interrupted` when `should_stop` turned true before the epoch's end. `prepare` turns a
+    batch of inputs, once on the device, into what the model takes (presets.BatchNormalize).
+
+    `control(stop, bad_loss)` turns this process's flags into the flags every process acts on (see
+    distributed.any_true): all processes of a trial stop at the same step, or fail together."""
     model.train()
-    started = time.perf_counter()
-    total_loss, images, steps = 0.0, 0, 0
+    if channels_last is None:
+        channels_last = is_channels_last(model)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    # The loss is summed on the device; reading it back waits for the GPU, so that happens only
+    # every few steps there (on the CPU every step: it costs nothing).
+    check_every = LOSS_CHECK_STEPS_GPU if device.type == "cuda" else 1
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    unchecked = 0  # the first step whose loss has not been checked yet
+    images, steps = 0, 0
     interrupted = False
+    steps_total = len(loader)
     for step, (inputs, targets) in enumerate(loader):
-        if should_stop():
+        checking = step > unchecked and step % check_every == 0
+        bad_loss = checking and not bool(torch.isfinite(total_loss))
+        stop, bad_loss = control(should_stop(), bad_loss)
+        if bad_loss:
+            _raise_non_finite(total_loss, unchecked, step - 1)
+        if checking:
+            unchecked = step
+        if stop:
             interrupted = True
             break
-        inputs, targets = to_device(inputs, device), to_device(targets, device)
+        inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
+        if prepare is not None:
+            inputs = prepare(inputs)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             loss = loss_fn(model, inputs, targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss is {loss.item()} at step {step} "
-                                     f"(try a lower learning_rate)")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -204,28 +348,76 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.
             optimizer.step()
         lr_scheduler.step()
         batch = len(inputs)
-        total_loss += loss.item() * batch
+        total_loss += loss.detach().to(torch.float64) * batch
         images += batch
         steps += 1
-        on_step(step + 1, len(loader))
+        on_step(step + 1, steps_total)
+    if not interrupted:
+        _, bad_loss = control(False, not bool(torch.isfinite(total_loss)))
+        if bad_loss:
+            _raise_non_finite(total_loss, unchecked, steps - 1)
     seconds = time.perf_counter() - started
-    return {"train_loss": total_loss / max(1, images), "lr": optimizer.param_groups[0]["lr"],
-            "train_images": images, "train_steps": steps, "train_seconds": seconds,
+    loss_sum = float(total_loss)
+    return {"train_loss": loss_sum / max(1, images), "train_loss_sum": loss_sum,
+            "lr": optimizer.param_groups[0]["lr"], "train_images": images, "train_steps": steps,
+            "train_seconds": seconds, "train_cpu_seconds": time.process_time() - cpu_started,
             "images_per_second": images / seconds if seconds else 0.0, "interrupted": interrupted}
+
+
+def _raise_non_finite(total_loss: torch.Tensor, first: int, last: int) -> None:
+    where = f"at step {first}" if first >= last else f"between steps {first} and {last}"
+    raise FloatingPointError(f"the training loss became {float(total_loss)} {where} "
+                             f"(try a lower learning_rate)")
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, loader: DataLoader, evaluator, device: torch.device, *,
-             autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+             autocast_dtype: torch.dtype | None = None, prepare: Callable[[Any], Any] | None = None,
+             ctx: distributed.Context = distributed.SINGLE) -> dict[str, Any] | None:
+    """The evaluator's metrics over the loader. With several processes each evaluates its share
+    (distributed.ShardSampler), rank 0 gathers the outputs, puts them back in the validation set's
+    order and batches, and computes the metrics; the other ranks return None. Pass the model
+    itself, not its DistributedDataParallel wrapper: the shares differ in size, and the wrapper's
+    forward may talk to the other ranks."""
     model.eval()
-    started = time.perf_counter()
+    channels_last = is_channels_last(model)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    gathered: list[tuple[Any, Any]] = []
+    batch_size = loader.batch_size or 1
+    not_finite = torch.zeros((), dtype=torch.bool, device=device)
     for inputs, targets in loader:
-        inputs = to_device(inputs, device)
+        inputs = to_device(inputs, device, channels_last)
+        if prepare is not None:
+            inputs = prepare(inputs)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             outputs = model(inputs)
-        evaluator.update(outputs, targets)
+        if isinstance(outputs, torch.Tensor):
+            not_finite |= ~torch.isfinite(outputs).all()
+        if ctx.enabled:
+            gathered.append((to_device(outputs, torch.device("cpu")), targets))
+        else:
+            evaluator.update(outputs, targets)
+    # Every rank raises together (a rank left waiting in the gather below would hang).
+    if distributed.any_true(ctx, bool(not_finite))[0]:
+        raise FloatingPointError("the model's outputs on the validation images are not finite: training "
+                                 "diverged (try a lower learning_rate)")
+    if ctx.enabled:
+        items = [(o, t) for outputs, targets in gathered
+                 for o, t in zip(distributed.unbatch(outputs), distributed.unbatch(targets))]
+        kinds = (distributed.batch_kind(gathered[0][0]), distributed.batch_kind(gathered[0][1])) \
+            if gathered else None
+        per_rank = distributed.gather(ctx, (items, kinds))
+        if per_rank is None:
+            return None
+        kinds = next(k for _, k in per_rank if k is not None)
+        ordered = distributed.interleave([rank_items for rank_items, _ in per_rank])
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start:start + batch_size]
+            evaluator.update(distributed.rebatch([o for o, _ in chunk], kinds[0]),
+                             distributed.rebatch([t for _, t in chunk], kinds[1]))
     metrics = evaluator.compute()
     metrics["eval_seconds"] = time.perf_counter() - started
+    metrics["eval_cpu_seconds"] = time.process_time() - cpu_started  # this process, every thread
     return metrics
 
 

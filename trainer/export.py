@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from . import presets
+from . import data, presets
 from .hyperparameters import Task
 from .report import FILES
 from .storage import Storage, filesystem, with_retries
@@ -28,7 +28,8 @@ _INFO = FILES.model_info.rsplit("/", 1)[-1]         # model.json
 
 def export_model(storage: Storage, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Write the model into the trial folder `storage`. `info` holds task, model_name, labels,
-    preprocessing, primary_metric, best_metric and epoch."""
+    preprocessing, primary_metric, best_metric and epoch, and the task's own fields (multi-label:
+    threshold)."""
     buffer = io.BytesIO()
     torch.save(weights, buffer)
     storage.write_bytes(FILES.model_weights, buffer.getvalue())
@@ -49,21 +50,25 @@ class LoadedModel:
     def predict(self, images: Sequence[str | bytes | Image.Image], batch_size: int = 32) -> list[dict[str, Any]]:
         """Predictions for images given as paths/URLs, encoded bytes or PIL images, in order."""
         adapter = get_adapter(Task(self.info["task"]))
-        transform = presets.eval_transform(presets.Preprocessing.from_dict(self.info["preprocessing"]))
+        preprocessing = presets.Preprocessing.from_dict(self.info["preprocessing"])
+        transform = presets.eval_transform(preprocessing)
         out: list[dict[str, Any]] = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([transform(_as_rgb(image)) for image in images[start:start + batch_size]])
-            out.extend(adapter.predictions(self.model(batch), self.labels))
+            batch = torch.stack([transform(_as_rgb(image, preprocessing.resize_size))
+                                 for image in images[start:start + batch_size]])
+            out.extend(adapter.predictions(self.model(batch), self.labels, self.info))
         return out
 
 
-def _as_rgb(image: str | bytes | Image.Image) -> Image.Image:
+def _as_rgb(image: str | bytes | Image.Image, min_size: int | None = None) -> Image.Image:
+    """Decoded as the trainer decodes (data.open_image): the same JPEG scale, EXIF orientation,
+    16-bit and transparency handling, and the same refusal of decompression bombs."""
     if isinstance(image, str):
         fs, path = filesystem(image)
         image = with_retries(lambda: fs.cat_file(path))
     if isinstance(image, bytes):
-        image = Image.open(io.BytesIO(image))
-    return ImageOps.exif_transpose(image).convert("RGB")
+        return data.open_image(io.BytesIO(image), min_size)
+    return data.to_rgb(image)
 
 
 def load_model(source: Storage | str) -> LoadedModel:

@@ -3,6 +3,15 @@ build it, and which of its layers `layers_to_freeze` counts.
 
 An explicit table, never `module.__dict__[name]`: an unknown name fails loudly, and a known model
 that this trainer cannot build yet says so instead of falling back to another.
+
+Pretrained weights come from the weights cache first (a folder or bucket prefix: the job's
+`weights_cache` or $AUTOML_IMAGES_WEIGHTS_CACHE), as files named as below; the torchvision models
+then fall back to torchvision's download. `seresnext` and `vits16r224` have no torchvision weights,
+so the cache is their only source: a state dict of the architecture built here (keys as
+`build_classifier(name, 1000, pretrained=False).state_dict()` names them), in the file
+`ModelInfo.weights_file` (`seresnext50_32x4d.pth`, `vit_s_16.pth`). timm's `seresnext50_32x4d`
+has the same module names: its state dict, saved with torch.save, loads as it is (checked: strict
+load, identical outputs). timm's ViT-S names its modules differently and needs converting.
 """
 from __future__ import annotations
 
@@ -27,10 +36,23 @@ class ModelInfo:
     fixed_input_size: int | None = None       # models that accept only one crop size
     available: bool = True                    # False: known name, not yet built by this trainer
     aliases: tuple[str, ...] = field(default=())
+    builder: str | None = None                # a builder of this module, for models torchvision lacks
+    weights_file: str | None = None           # weights-cache file name of a model without a download
 
 
 _RESNET_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")  # conv1 also covers bn1
 _MOBILENET_LAYERS = tuple(f"features.{i}" for i in range(19))
+
+
+def _vit_layers(depth: int) -> tuple[str, ...]:
+    """The patch embedding (conv_proj, with the class token and position embedding), then each
+    encoder block. The final LayerNorm and the head always train."""
+    return ("conv_proj",) + tuple(f"encoder.layers.encoder_layer_{i}" for i in range(depth))
+
+
+# Parameters that freeze with a freezable layer without being inside it: the stem's batch norm,
+# and the tokens that a ViT adds next to its patch embedding.
+_FROZEN_WITH = {"conv1": ("bn1",), "conv_proj": ("class_token", "encoder.pos_embedding")}
 
 _MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("resnet18", CLASSIFICATION_TASKS, "ResNet-18 (torchvision)", "resnet18", _RESNET_LAYERS),
@@ -38,14 +60,19 @@ _MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("resnet50", CLASSIFICATION_TASKS, "ResNet-50 (torchvision)", "resnet50", _RESNET_LAYERS),
     ModelInfo("mobilenetv2", CLASSIFICATION_TASKS, "MobileNetV2 (torchvision)", "mobilenet_v2",
               _MOBILENET_LAYERS, aliases=("mobilenet_v2",)),
-    ModelInfo("seresnext", CLASSIFICATION_TASKS, "SE-ResNeXt-50 32x4d", fixed_input_size=224,
-              available=False),
-    ModelInfo("vits16r224", CLASSIFICATION_TASKS, "ViT-S/16 at 224 px", fixed_input_size=224,
-              available=False),
-    ModelInfo("vitb16r224", CLASSIFICATION_TASKS, "ViT-B/16 at 224 px", fixed_input_size=224,
-              available=False),
-    ModelInfo("vitl16r224", CLASSIFICATION_TASKS, "ViT-L/16 at 224 px", fixed_input_size=224,
-              available=False),
+    # Azure documents seresnext as taking only 224 px; the network itself pools adaptively, but the
+    # same job must behave the same here.
+    ModelInfo("seresnext", CLASSIFICATION_TASKS, "SE-ResNeXt-50 32x4d (torchvision ResNet + SE blocks)",
+              freezable_layers=_RESNET_LAYERS, fixed_input_size=224, builder="se_resnext50_32x4d",
+              weights_file="seresnext50_32x4d.pth"),
+    # ViTs: the position embedding has one entry per 16x16 patch of a 224 px image.
+    ModelInfo("vits16r224", CLASSIFICATION_TASKS, "ViT-S/16 at 224 px (torchvision VisionTransformer)",
+              freezable_layers=_vit_layers(12), fixed_input_size=224, builder="vit_s_16",
+              weights_file="vit_s_16.pth"),
+    ModelInfo("vitb16r224", CLASSIFICATION_TASKS, "ViT-B/16 at 224 px (torchvision)", "vit_b_16",
+              _vit_layers(12), fixed_input_size=224),
+    ModelInfo("vitl16r224", CLASSIFICATION_TASKS, "ViT-L/16 at 224 px (torchvision)", "vit_l_16",
+              _vit_layers(24), fixed_input_size=224),
     ModelInfo("yolov5", (Task.OBJECT_DETECTION,), "YOLOv5", available=False),
     ModelInfo("fasterrcnn_resnet50_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-50 FPN",
               available=False),
@@ -79,36 +106,91 @@ def models_for(task: Task) -> list[ModelInfo]:
     return [m for m in _MODELS if task in m.tasks]
 
 
+def check_input_size(name: str, crop_size: int) -> None:
+    """ValueError when `name` takes only one input size and `crop_size` is another."""
+    info = get(name)
+    if info.fixed_input_size is not None and crop_size != info.fixed_input_size:
+        raise ValueError(f"{info.name} takes only {info.fixed_input_size}x{info.fixed_input_size} inputs "
+                         f"(crop_size {info.fixed_input_size}), got crop_size {crop_size}")
+
+
+# -- architectures torchvision does not have ------------------------------------------------------
+
+def se_resnext50_32x4d(num_classes: int = 1000):
+    """SE-ResNeXt-50 32x4d (Hu et al., "Squeeze-and-Excitation Networks"): torchvision's ResNeXt-50
+    32x4d with a squeeze-and-excitation block (reduction 16) on each bottleneck's residual branch,
+    before the shortcut is added."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+    from torchvision.ops import SqueezeExcitation
+
+    class SEBottleneck(Bottleneck):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            channels = self.conv3.out_channels
+            self.se = SqueezeExcitation(channels, channels // 16)
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.se(self.bn3(self.conv3(out)))
+            return self.relu(out + identity)
+
+    return ResNet(SEBottleneck, [3, 4, 6, 3], num_classes=num_classes, groups=32, width_per_group=4)
+
+
+def vit_s_16(num_classes: int = 1000):
+    """ViT-S/16 (DeiT-S / timm's vit_small_patch16_224 shape) as a torchvision VisionTransformer."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(image_size=224, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384,
+                             mlp_dim=1536, num_classes=num_classes)
+
+
+_BUILDERS: dict[str, Callable] = {"se_resnext50_32x4d": se_resnext50_32x4d, "vit_s_16": vit_s_16}
+
+
 def build_classifier(name: str, num_classes: int, pretrained: bool, weights_cache: str | None = None):
-    """A torchvision classifier with its head replaced for `num_classes` outputs."""
+    """A classifier with its head replaced for `num_classes` outputs. Raises ValueError for a model
+    this trainer cannot build, or pretrained weights that have no source."""
     import torch
     import torchvision
 
     info = get(name)
-    if not info.available or info.torchvision_name is None:
+    if not info.available or (info.torchvision_name is None and info.builder is None):
         raise ValueError(f"model {info.name!r} is not available in this trainer version")
-    builder: Callable = getattr(torchvision.models, info.torchvision_name)
-    model = builder(weights=None)
+    if info.builder is not None:
+        model = _BUILDERS[info.builder]()
+    else:
+        builder: Callable = getattr(torchvision.models, info.torchvision_name)
+        model = builder(weights=None)
     if pretrained:
-        model.load_state_dict(_pretrained_state_dict(info.torchvision_name, weights_cache))
-    if info.torchvision_name.startswith("resnet"):
+        model.load_state_dict(_pretrained_state_dict(info, weights_cache))
+    if hasattr(model, "fc"):              # ResNets, SE-ResNeXt
         model.fc = torch.nn.Linear(model.fc.in_features, num_classes)
-    else:  # mobilenet_v2
+    elif hasattr(model, "heads"):         # VisionTransformer
+        model.heads.head = torch.nn.Linear(model.heads.head.in_features, num_classes)
+    else:                                 # mobilenet_v2
         last = model.classifier[-1]
         model.classifier[-1] = torch.nn.Linear(last.in_features, num_classes)
     return model
 
 
-def _pretrained_state_dict(torchvision_name: str, weights_cache: str | None):
+def _pretrained_state_dict(info: ModelInfo, weights_cache: str | None):
     """ImageNet weights: from the weights cache (a folder or a bucket prefix) when the file is there,
-    else torchvision's own download (which needs the network)."""
+    else torchvision's own download (which needs the network). Models without torchvision weights
+    have no download: ValueError when the file is not in the cache."""
     import io
 
     import torch
     import torchvision
 
-    weights_enum = torchvision.models.get_model_weights(torchvision_name).DEFAULT
-    file_name = os.path.basename(weights_enum.url)
+    weights_enum = None
+    if info.weights_file is not None:
+        file_name = info.weights_file
+    else:
+        weights_enum = torchvision.models.get_model_weights(info.torchvision_name).DEFAULT
+        file_name = os.path.basename(weights_enum.url)
     cache = weights_cache or os.environ.get(WEIGHTS_CACHE_ENV)
     if cache:
         from .storage import Storage
@@ -116,6 +198,10 @@ def _pretrained_state_dict(torchvision_name: str, weights_cache: str | None):
         store = Storage(cache)
         if store.exists(file_name):
             return torch.load(io.BytesIO(store.read_bytes(file_name)), map_location="cpu", weights_only=True)
+    if weights_enum is None:
+        raise ValueError(f"pretrained weights for {info.name} have no download source: put {file_name} (a "
+                         f"state dict of this architecture) in the weights cache "
+                         f"({cache or f'not set: weights_cache or ${WEIGHTS_CACHE_ENV}'}), or set pretrained=0")
     return weights_enum.get_state_dict(progress=False)
 
 
@@ -126,8 +212,8 @@ def freeze_layers(model, name: str, count: int) -> list[str]:
         raise ValueError(f"layers_to_freeze={count} but {info.name} has {len(info.freezable_layers)} "
                          f"freezable layers: {', '.join(info.freezable_layers)}")
     frozen = info.freezable_layers[:count]
-    prefixes = tuple(frozen) + (("bn1",) if "conv1" in frozen else ())
+    prefixes = tuple(frozen) + tuple(extra for layer in frozen for extra in _FROZEN_WITH.get(layer, ()))
     for param_name, param in model.named_parameters():
-        if param_name.startswith(tuple(p + "." for p in prefixes)):
+        if any(param_name == p or param_name.startswith(p + ".") for p in prefixes):
             param.requires_grad_(False)
     return list(frozen)

@@ -17,9 +17,13 @@ This module is the trainer's public contract: the controller imports `TrialStatu
 from __future__ import annotations
 
 import enum
+import json
+import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .storage import Storage, join
 
@@ -63,12 +67,69 @@ class TrialFiles:
 FILES = TrialFiles()
 
 
-class Reporter:
-    """Writes a running trial's status and metrics to its folder; reads stop requests."""
+class BackgroundWriter:
+    """Writes to the trial folder from one background thread, in the order they were asked for, so
+    that training goes on while a checkpoint is uploaded. Order is what makes it safe: status.json
+    never says epoch N before checkpoint N is written. At most `max_heavy` large writes (checkpoints)
+    wait at a time; asking for another waits for the oldest. A write that failed (after the
+    storage's own retries) is raised by the next `submit` or `flush`."""
 
-    def __init__(self, storage: Storage, trial_prefix: str):
+    def __init__(self, max_heavy: int = 1):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-writer")
+        self._pending: deque[Future] = deque()
+        self._heavy: deque[Future] = deque()
+        self._max_heavy = max_heavy
+        self._lock = threading.Lock()
+        self.waited_s = 0.0  # time the caller spent waiting for earlier writes
+
+    def submit(self, write: Callable[[], None], heavy: bool = False) -> None:
+        self._raise_failed()
+        if heavy:
+            while len(self._heavy) >= self._max_heavy:
+                started = time.perf_counter()
+                self._heavy.popleft().result()
+                self.waited_s += time.perf_counter() - started
+        future = self._pool.submit(write)
+        with self._lock:
+            self._pending.append(future)
+            if heavy:
+                self._heavy.append(future)
+
+    def _raise_failed(self) -> None:
+        with self._lock:
+            while self._pending and self._pending[0].done():
+                done = self._pending.popleft()
+                if done.exception() is not None:
+                    raise done.exception()
+
+    def flush(self) -> None:
+        """Wait until everything asked for is written; raise the first failure."""
+        started = time.perf_counter()
+        with self._lock:
+            pending = list(self._pending)
+            self._pending.clear()
+            self._heavy.clear()
+        errors = [f.exception() for f in pending]
+        self.waited_s += time.perf_counter() - started
+        for error in errors:
+            if error is not None:
+                raise error
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class Reporter:
+    """Writes a running trial's status and metrics to its folder; reads stop requests. With a
+    `writer`, writes happen in its background thread (in order); without, at once."""
+
+    def __init__(self, storage: Storage, trial_prefix: str, writer: BackgroundWriter | None = None):
         self.storage = storage
         self.prefix = trial_prefix
+        self.writer = writer
         self.started_at = time.time()
         self.status: dict[str, Any] = storage.read_json(self.key(FILES.status), default=None) or {}
 
@@ -80,11 +141,19 @@ class Reporter:
         self.status["status"] = status.value
         self.status["updated_at"] = time.time()
         self.status.setdefault("started_at", self.started_at)
-        self.storage.write_json(self.key(FILES.status), self.status)
+        self._write_json(self.key(FILES.status), self.status)
         return self.status
 
     def write_metrics(self, evaluation: int, metrics: dict[str, Any]) -> None:
-        self.storage.write_json(self.key(FILES.metrics(evaluation)), metrics)
+        self._write_json(self.key(FILES.metrics(evaluation)), metrics)
+
+    def _write_json(self, key: str, value: Any) -> None:
+        if self.writer is None:
+            self.storage.write_json(key, value)
+            return
+        # Encoded now: the dict may change before the background thread writes it.
+        data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        self.writer.submit(lambda: self.storage.write_bytes(key, data))
 
     def stop_requested(self) -> dict[str, Any] | None:
         return self.storage.read_json(self.key(FILES.stop), default=None)

@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 import torch
 
-from . import checkpoint, data, engine, export, presets
+from . import checkpoint, data, distributed, engine, export, presets
 from .config import SpecError, TrialSpec
 from .hyperparameters import metric_direction
-from .report import FILES, ErrorKind, Reporter, TrialStatus
+from .report import FILES, BackgroundWriter, ErrorKind, Reporter, TrialStatus
 from .storage import Storage, filesystem, with_retries
 from .tasks import get_adapter
 
@@ -36,6 +36,7 @@ LOG_KEY = f"{FILES.logs_dir}/trainer.log"
 MAX_SKIPPED_LISTED = 100      # skipped images listed in status.json; the rest are counted
 MAX_SKIPPED_LOGGED = 20
 HEARTBEAT_S = 30.0            # status.json is rewritten at least this often while training
+HEARTBEAT_ENV = "AUTOML_IMAGES_HEARTBEAT_S"  # overrides HEARTBEAT_S (0: after every step)
 # Status fields that describe how an attempt ended; a new attempt clears them.
 OUTCOME_FIELDS = ("error", "reason", "metrics", "best_epoch", "epochs", "duration_s", "early_stopped")
 
@@ -66,8 +67,8 @@ class _TrialLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
 
-    def save(self) -> None:
-        self.storage.write_text(LOG_KEY, "\n".join(self.lines) + "\n")
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
 
 
 class _StopSignal:
@@ -99,13 +100,14 @@ class _StopSignal:
         return self.received is not None
 
 
-def _formatter() -> logging.Formatter:
-    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _formatter(ctx: distributed.Context = distributed.SINGLE) -> logging.Formatter:
+    rank = f" [rank {ctx.rank}]" if ctx.enabled else ""
+    return logging.Formatter(f"%(asctime)s %(levelname)s %(name)s{rank}: %(message)s")
 
 
-def read_spec(spec_url: str) -> TrialSpec:
+def read_spec(spec_url: str, write_status: bool = True) -> TrialSpec:
     """The trial spec at `spec_url`. On an invalid spec whose `output` can be read, the trial
-    folder gets a failed status before the SpecError is raised."""
+    folder gets a failed status (when `write_status`) before the SpecError is raised."""
     fs, path = filesystem(spec_url)
     try:
         text = with_retries(lambda: fs.cat_file(path))
@@ -114,7 +116,7 @@ def read_spec(spec_url: str) -> TrialSpec:
     try:
         return TrialSpec.from_json(text)
     except SpecError as exc:
-        output = _output_of(text)
+        output = _output_of(text) if write_status else None
         if output:
             try:
                 Reporter(Storage(output), "").update(TrialStatus.FAILED, error={
@@ -134,31 +136,42 @@ def _output_of(text: bytes) -> str | None:
 
 def run_trial(spec_url: str) -> dict[str, Any]:
     """Run the trial whose spec is at `spec_url`; returns its final status (the content of
-    status.json). Raises SpecError when the spec cannot be read or is invalid."""
-    spec = read_spec(spec_url)
+    status.json). Raises SpecError when the spec cannot be read or is invalid. Under torchrun, every
+    process calls this (see distributed.py)."""
+    ctx = distributed.from_environment()
+    spec = read_spec(spec_url, write_status=ctx.is_main)
     storage = Storage(spec.output)
-    reporter = Reporter(storage, "")
+    writer = BackgroundWriter() if ctx.is_main else None
+    reporter = Reporter(storage, "", writer)
     current = reporter.status.get("status")
     if current and TrialStatus(current).is_terminal():
         return reporter.status
 
-    trial_log = _TrialLog(storage)
-    trial_log.setFormatter(_formatter())
+    trial_log = _TrialLog(storage) if ctx.is_main else None
     to_stderr = logging.StreamHandler(sys.stderr)
-    to_stderr.setFormatter(_formatter())
+    to_stderr.setFormatter(_formatter(ctx))
+    handlers: list[logging.Handler] = [to_stderr]
+    if trial_log is not None:
+        trial_log.setFormatter(_formatter(ctx))
+        handlers.append(trial_log)
     previous_level, previous_propagate = log.level, log.propagate
-    log.addHandler(trial_log)
-    log.addHandler(to_stderr)
+    for handler in handlers:
+        log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # our stderr handler already prints; a root handler would print twice
     try:
         with _StopSignal() as stop_signal:
-            return _Trial(spec, storage, reporter, trial_log, stop_signal).run()
+            return _Trial(spec, storage, reporter, trial_log, stop_signal, ctx).run()
     finally:
-        log.removeHandler(trial_log)
-        log.removeHandler(to_stderr)
-        log.setLevel(previous_level)
-        log.propagate = previous_propagate
+        try:
+            if writer is not None:
+                writer.close()
+        finally:
+            distributed.finish(ctx)
+            for handler in handlers:
+                log.removeHandler(handler)
+            log.setLevel(previous_level)
+            log.propagate = previous_propagate
 
 
 def error_kind(exc: BaseException) -> ErrorKind:
@@ -178,20 +191,24 @@ def _error_message(exc: BaseException) -> str:
 
 
 class _Trial:
-    """One attempt at a trial: everything `run_trial` does once the spec is read."""
+    """One attempt at a trial: everything `run_trial` does once the spec is read. In a trial of
+    several processes (torchrun), every process runs this; only rank 0 writes to the trial folder."""
 
-    def __init__(self, spec: TrialSpec, storage: Storage, reporter: Reporter, trial_log: _TrialLog,
-                 stop_signal: Callable[[], bool]):
+    def __init__(self, spec: TrialSpec, storage: Storage, reporter: Reporter, trial_log: _TrialLog | None,
+                 stop_signal: Callable[[], bool], ctx: distributed.Context = distributed.SINGLE):
         self.spec = spec
         self.hp = spec.hyperparameters
         self.storage = storage
         self.reporter = reporter
         self.trial_log = trial_log
         self.stop_signal = stop_signal
+        self.ctx = ctx
+        self.main = ctx.is_main
         self.started = time.time()
         self.duration_before = 0.0   # training time of earlier attempts, from the checkpoint
         self.progress = checkpoint.Progress()
         self.skipped: list[data.SkippedImage] = []
+        self.image_warnings: list[dict[str, str]] = []
         self.model_info: dict[str, Any] = {}
 
     # -- outcome -----------------------------------------------------------------------------------
@@ -203,7 +220,8 @@ class _Trial:
                 return self._finish(TrialStatus.STOPPED, reason=stop.reason)
         except KeyboardInterrupt:
             # A second Ctrl-C: the person wants out now, so no export, just an honest status.
-            self.reporter.update(TrialStatus.STOPPED, reason="interrupted", **self._status_fields())
+            self._flush(quietly=True)
+            self._update(TrialStatus.STOPPED, reason="interrupted", **self._status_fields())
             raise
         except BaseException as exc:
             status = self._fail(exc)
@@ -211,20 +229,42 @@ class _Trial:
                 raise
             return status
 
+    def _update(self, status: TrialStatus, **fields: Any) -> dict[str, Any]:
+        """status.json, written by rank 0; the other ranks only keep their copy of it."""
+        if self.main:
+            return self.reporter.update(status, **fields)
+        self.reporter.status.update(fields, status=status.value)
+        return self.reporter.status
+
+    def _flush(self, quietly: bool = False) -> None:
+        """Wait for the background writes (checkpoint, status); `quietly`: a failure is logged, not
+        raised (the trial is already failing for another reason)."""
+        if self.reporter.writer is None:
+            return
+        try:
+            self.reporter.writer.flush()
+        except Exception:  # noqa: BLE001
+            if not quietly:
+                raise
+            log.exception("a background write to the trial folder failed")
+
     def _fail(self, exc: BaseException) -> dict[str, Any]:
         kind = error_kind(exc)
         message = _error_message(exc)
         log.error("trial failed (%s): %s", kind.value, message,
                   exc_info=kind is not ErrorKind.USER)
-        status = self.reporter.update(TrialStatus.FAILED, error={
+        self._flush(quietly=True)
+        status = self._update(TrialStatus.FAILED, error={
             "kind": kind.value, "message": message, "traceback": traceback.format_exc()},
             **self._status_fields())
         self._save_log()
+        self._flush(quietly=True)
         return status
 
     def _finish(self, status: TrialStatus, **fields: Any) -> dict[str, Any]:
         progress = self.progress
-        if progress.best_model is not None:
+        self._flush()  # the last checkpoint is written before the trial says it is done
+        if progress.best_model is not None and self.main:
             export.export_model(self.storage, progress.best_model, {
                 **self.model_info, "primary_metric": self.spec.primary_metric,
                 "best_metric": progress.best_metrics[self.spec.primary_metric],
@@ -232,17 +272,33 @@ class _Trial:
         log.info("trial %s after %d epoch(s); best epoch %s: %s=%s", status.value, progress.epoch,
                  progress.best_epoch, self.spec.primary_metric,
                  progress.best_metrics and progress.best_metrics[self.spec.primary_metric])
-        result = self.reporter.update(status, metrics=progress.best_metrics, best_epoch=progress.best_epoch,
-                                      epochs=progress.epoch, duration_s=self._duration(),
-                                      **self._status_fields(), **fields)
+        result = self._update(status, metrics=_without_per_class(progress.best_metrics),
+                              best_epoch=progress.best_epoch,
+                              epochs=progress.epoch, duration_s=self._duration(),
+                              **self._status_fields(), **fields)
         self._save_log()
+        self._flush()
         return result
 
     def _save_log(self) -> None:
+        if not self.main or self.trial_log is None:
+            return
+        text = self.trial_log.text()
         try:
-            self.trial_log.save()
+            if self.reporter.writer is not None:
+                self.reporter.writer.submit(lambda: self.storage.write_text(LOG_KEY, text))
+            else:
+                self.storage.write_text(LOG_KEY, text)
         except Exception:  # noqa: BLE001 - a lost log must not turn a result into a failure
             log.exception("could not write %s", LOG_KEY)
+
+    def _save_checkpoint(self, state: dict[str, Any], frequency: int | None) -> None:
+        writer = self.reporter.writer
+        if writer is None:
+            checkpoint.save(self.storage, state, frequency)
+            return
+        writer.submit(lambda: checkpoint.save(self.storage, state, frequency), heavy=True)
+        self.reporter.status["checkpoint_wait_s"] = round(writer.waited_s, 3)
 
     def _duration(self) -> float:
         return self.duration_before + (time.time() - self.started)
@@ -258,13 +314,17 @@ class _Trial:
                 "epoch": progress.best_epoch, "metrics": _without_per_class(progress.best_metrics)},
             "skipped_images": [s.to_dict() for s in self.skipped[:MAX_SKIPPED_LISTED]],
             "skipped_images_count": len(self.skipped),
+            "image_warnings": self.image_warnings[:MAX_SKIPPED_LISTED],
+            "image_warnings_count": len(self.image_warnings),
         }
 
     # -- training ----------------------------------------------------------------------------------
     def _train(self) -> dict[str, Any]:
-        spec, hp = self.spec, self.hp
+        spec, hp, ctx = self.spec, self.hp, self.ctx
         threads = engine.configure_threads()
-        device = engine.select_device()
+        device = distributed.device_for(ctx)
+        distributed.start(ctx, device)
+        deterministic = engine.configure_kernels(device)
         engine.seed_everything(spec.seed)
         adapter = get_adapter(spec.task)
         metric = spec.primary_metric
@@ -272,15 +332,20 @@ class _Trial:
             raise SpecError(f"trial spec field 'primary_metric': {metric!r} is not a metric of "
                             f"{spec.task.value} (one of {', '.join(adapter.metrics)})")
         attempt = int(self.reporter.status.get("attempt", 0)) + 1
-        self.reporter.update(TrialStatus.RUNNING, attempt=attempt, pid=os.getpid(), host=socket.gethostname(),
-                             device=str(device), threads=threads, epoch=0,
-                             epochs_total=hp["number_of_epochs"], **dict.fromkeys(OUTCOME_FIELDS))
-        log.info("trial %s/%s attempt %d: %s %s on %s (%d threads)", spec.job_id, spec.trial_id, attempt,
-                 spec.task.value, hp["model_name"], device, threads)
+        self._update(TrialStatus.RUNNING, attempt=attempt, pid=os.getpid(), host=socket.gethostname(),
+                     device=str(device), threads=threads, processes=ctx.world_size,
+                     deterministic=deterministic,
+                     compiled=engine.compile_backend() if spec.compile else None, epoch=0,
+                     epochs_total=hp["number_of_epochs"], **dict.fromkeys(OUTCOME_FIELDS))
+        log.info("trial %s/%s attempt %d: %s %s on %s (%d threads%s)", spec.job_id, spec.trial_id, attempt,
+                 spec.task.value, hp["model_name"], device, threads,
+                 f", {ctx.world_size} processes, {ctx.backend}" if ctx.enabled else "")
 
+        # The settings' own checks (crop size, model input size) before any data is fetched.
+        preprocessing = adapter.preprocessing(hp)
         # Data, then everything built from it.
         labels, train_samples, val_samples = self._load_data(adapter)
-        if self.stop_signal():
+        if distributed.any_true(ctx, self.stop_signal())[0]:
             raise _Stopped("terminated")
         class_index = {name: i for i, name in enumerate(labels)}
         train_targets = [adapter.encode(s.record.label, class_index) for s in train_samples]
@@ -290,21 +355,25 @@ class _Trial:
             for name in adapter.classes_of(sample.record.label):
                 class_counts[class_index[name]] += 1
 
-        preprocessing = adapter.preprocessing(hp)
-        generator = torch.Generator().manual_seed(spec.seed)
+        loader_options = {"device": device, "seed": spec.seed, "rank": ctx.rank, "world_size": ctx.world_size,
+                          "processes_per_node": ctx.local_world_size}
         train_loader = engine.make_loader(
-            data.ImageDataset(train_samples, train_targets, presets.train_transform(preprocessing)),
-            hp["training_batch_size"], train=True, device=device, generator=generator)
+            data.ImageDataset(train_samples, train_targets, presets.train_transform(preprocessing, normalize=False),
+                              seed=spec.seed, min_size=presets.decode_size(preprocessing, train=True)),
+            hp["training_batch_size"], train=True, **loader_options)
         val_loader = engine.make_loader(
-            data.ImageDataset(val_samples, val_targets, presets.eval_transform(preprocessing)),
-            hp["validation_batch_size"], train=False, device=device)
+            data.ImageDataset(val_samples, val_targets, presets.eval_transform(preprocessing, normalize=False),
+                              min_size=presets.decode_size(preprocessing, train=False)),
+            hp["validation_batch_size"], train=False, **loader_options)
         if len(train_loader) == 0:
             raise data.DataError(f"{spec.training_data}: no training batch: {len(train_samples)} "
-                                 f"image(s) for training_batch_size {hp['training_batch_size']}")
+                                 f"image(s) for training_batch_size {hp['training_batch_size']}"
+                                 + (f" in each of {ctx.world_size} processes" if ctx.enabled else ""))
 
         model = adapter.build_model(hp["model_name"], len(labels), bool(hp["pretrained"]),
                                     spec.weights_cache, hp.get("layers_to_freeze")).to(device)
-        loss_fn = adapter.loss(hp, class_counts).to(device)
+        model = engine.prepare_model(model, device)
+        loss_fn = adapter.loss(hp, class_counts, len(train_samples)).to(device)
         optimizer = engine.build_optimizer(model.parameters(), hp)
         epochs = hp["number_of_epochs"]
         lr_scheduler = engine.build_lr_scheduler(optimizer, hp, len(train_loader), epochs)
@@ -313,38 +382,69 @@ class _Trial:
         early_stopping = engine.EarlyStopping(bool(hp["early_stopping"]), hp["early_stopping_patience"],
                                               hp["early_stopping_delay"], metric_direction(metric))
         self.model_info = {"task": spec.task.value, "model_name": hp["model_name"], "labels": labels,
-                           "preprocessing": preprocessing.to_dict()}
+                           "preprocessing": preprocessing.to_dict(), **adapter.export_info()}
+        if ctx.rank:
+            # The model is built (the same on every rank); from here each rank draws its own
+            # random numbers (dropout), else every rank would drop the same units.
+            engine.seed_everything(spec.seed + 7919 * ctx.rank)
 
         saved = checkpoint.load(self.storage)
         if saved is not None:
             self.progress, rng = checkpoint.restore(
                 saved, model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler,
-                early_stopping=early_stopping, labels=labels, loader_generator=generator)
+                early_stopping=early_stopping, labels=labels, rank=ctx.rank, world_size=ctx.world_size)
             engine.set_rng_state(rng)
             self.duration_before = self.progress.duration_s
             log.info("resumed from the checkpoint of epoch %d", self.progress.epoch)
         del saved
 
+        # What trains and what evaluates: DDP's wrapper splits the gradient work; evaluation runs on
+        # the model itself (each rank its share of the validation set).
+        train_model: torch.nn.Module = model
+        if ctx.enabled:
+            train_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
+        eval_model: torch.nn.Module = model
+        if spec.compile:
+            train_model = engine.compile_model(train_model)
+            eval_model = train_model if not ctx.enabled else engine.compile_model(model)
+            log.info("torch.compile (%s): the first steps of training and of evaluation compile the model",
+                     engine.compile_backend())
+        channels_last = engine.is_channels_last(model)
+        normalize = presets.BatchNormalize(preprocessing, device)  # 8-bit batches → model inputs
+
+        def control(stop: bool, bad_loss: bool) -> tuple[bool, bool]:
+            return distributed.any_true(ctx, stop, bad_loss)
+
         for epoch in range(self.progress.epoch + 1, epochs + 1):
             if early_stopping.should_stop():
                 break
-            heartbeat = _Heartbeat(self.reporter, epoch)
-            stats = engine.train_one_epoch(model, loss_fn, optimizer, lr_scheduler, train_loader, device,
+            train_loader.sampler.set_epoch(epoch)
+            heartbeat = _Heartbeat(self.reporter, epoch) if self.main else _no_heartbeat
+            stats = engine.train_one_epoch(train_model, loss_fn, optimizer, lr_scheduler, train_loader, device,
                                            scaler=scaler, autocast_dtype=autocast,
-                                           should_stop=self.stop_signal, on_step=heartbeat)
+                                           should_stop=self.stop_signal, on_step=heartbeat, control=control,
+                                           channels_last=channels_last, prepare=normalize)
             if stats.pop("interrupted"):
                 # The partial epoch is dropped: the checkpoint of the last whole epoch is what a
                 # restart continues from, with the data order and RNG states that match it.
                 raise _Stopped("terminated")
+            stats = _over_ranks(ctx, stats)
             evaluated = epoch % hp["evaluation_frequency"] == 0 or epoch == epochs
             if evaluated:
-                metrics = engine.evaluate(model, val_loader, adapter.evaluator(labels, loss_fn), device,
-                                          autocast_dtype=autocast)
+                # Batch norm's running statistics differ between ranks after their last steps: every
+                # rank evaluates with rank 0's, which are the ones saved.
+                distributed.broadcast_buffers(ctx, model)
+                metrics = engine.evaluate(eval_model, val_loader, adapter.evaluator(labels, loss_fn), device,
+                                          autocast_dtype=autocast, prepare=normalize, ctx=ctx)
+                # Every rank takes the same decisions (early stopping, best epoch) from rank 0's figures.
+                metrics = distributed.broadcast(ctx, metrics)
                 metrics.update(stats, epoch=epoch, time=time.time())
                 self.progress.history.append(metrics)
                 if early_stopping.improved(metrics[metric]):
-                    self.progress.record_best(epoch, metrics, model)
-                self.reporter.write_metrics(epoch, metrics)
+                    self.progress.record_best(epoch, metrics, model if self.main else None)
+                if self.main:
+                    self.reporter.write_metrics(epoch, metrics)
                 log.info("epoch %d/%d: %s=%.4f loss=%.4f train_loss=%.4f lr=%.5f (%.1fs, %.0f img/s)",
                          epoch, epochs, metric, metrics[metric], metrics["loss"], stats["train_loss"],
                          stats["lr"], stats["train_seconds"], stats["images_per_second"])
@@ -353,19 +453,27 @@ class _Trial:
                          stats["train_loss"], stats["lr"], stats["train_seconds"])
             self.progress.epoch = epoch
             self.progress.duration_s = self._duration()
-            checkpoint.save(self.storage, checkpoint.state_dict(
-                model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler,
-                early_stopping=early_stopping, progress=self.progress, labels=labels,
-                loader_generator=generator, rng=engine.rng_state()), hp.get("checkpoint_frequency"))
-            self.reporter.update(TrialStatus.RUNNING, progress=None, **self._status_fields())
+            rng_by_rank = distributed.gather(ctx, engine.rng_state()) if ctx.enabled else None
+            if self.main:
+                # Copied now, written in the background while the next epoch trains; status.json
+                # (queued after it) says epoch N only once checkpoint N is written.
+                state = checkpoint.snapshot(checkpoint.state_dict(
+                    model=model, optimizer=optimizer, lr_scheduler=lr_scheduler, scaler=scaler,
+                    early_stopping=early_stopping, progress=self.progress, labels=labels,
+                    rng=engine.rng_state(), rng_by_rank=rng_by_rank))
+                self._save_checkpoint(state, hp.get("checkpoint_frequency"))
+                self._update(TrialStatus.RUNNING, progress=None, **self._status_fields())
+            stop = None
             if evaluated:
                 self._save_log()
                 # After the last epoch a stop request changes nothing: the trial is complete.
-                stop = self.reporter.stop_requested() if epoch < epochs else None
-                if stop is not None:
-                    raise _Stopped(str(stop.get("reason") or "stop requested")
-                                   if isinstance(stop, dict) else "stop requested")
-            if self.stop_signal():
+                if self.main and epoch < epochs:
+                    stop = self.reporter.stop_requested()
+                stop = distributed.broadcast(ctx, stop)
+            if stop is not None:
+                raise _Stopped(str(stop.get("reason") or "stop requested")
+                               if isinstance(stop, dict) else "stop requested")
+            if distributed.any_true(ctx, self.stop_signal())[0]:
                 raise _Stopped("terminated")
 
         early = early_stopping.should_stop()
@@ -375,10 +483,39 @@ class _Trial:
         return self._finish(TrialStatus.COMPLETED, early_stopped=early)
 
     def _load_data(self, adapter) -> tuple[list[str], list[data.Sample], list[data.Sample]]:
+        """The classes and the samples. With several processes, rank 0 fetches and checks every
+        image and tells the others which it kept; they fetch those (from the machine's cache when
+        they share rank 0's) without decoding them again."""
+        ctx = self.ctx
+        if ctx.is_main:
+            try:
+                labels, train_samples, val_samples = self._load_data_here(adapter)
+            except BaseException as exc:
+                distributed.broadcast(ctx, {"error": _error_message(exc)})
+                raise
+            if ctx.enabled:
+                distributed.broadcast(ctx, {"kept": [(s.record.source, s.record.line)
+                                                     for s in train_samples + val_samples]})
+            return labels, train_samples, val_samples
+        outcome = distributed.broadcast(ctx, None)
+        if "error" in outcome:
+            raise data.DataError(f"rank 0 could not load the data: {outcome['error']}")
+        labels, train_records, val_records = self._read_records(adapter)
+        kept = set(map(tuple, outcome["kept"]))
+        train_keys = {(r.source, r.line) for r in train_records}
+        records = [r for r in train_records + val_records if (r.source, r.line) in kept]
+        samples, skipped = data.fetch_images(records, check=False)
+        if skipped:
+            raise data.DataError(f"rank {ctx.rank} could not fetch images that rank 0 read: "
+                                 + "; ".join(f"{s.where}: {s.reason}" for s in skipped[:5]))
+        return (labels, [s for s in samples if (s.record.source, s.record.line) in train_keys],
+                [s for s in samples if (s.record.source, s.record.line) not in train_keys])
+
+    def _read_records(self, adapter) -> tuple[list[str], list[data.Record], list[data.Record]]:
         spec = self.spec
-        train_records = data.read_jsonl(spec.training_data, adapter.parse_label)
+        train_records = data.read_jsonl(spec.training_data, adapter.parse_label, spec.datastores)
         if spec.validation_data:
-            val_records = data.read_jsonl(spec.validation_data, adapter.parse_label)
+            val_records = data.read_jsonl(spec.validation_data, adapter.parse_label, spec.datastores)
         else:
             train_records, val_records = data.split(train_records, self.hp["split_ratio"], spec.seed,
                                                     key=lambda r: adapter.classes_of(r.label))
@@ -387,14 +524,24 @@ class _Trial:
             raise data.DataError(f"{spec.training_data}: {len(labels)} class(es) ({', '.join(labels)}); "
                                  f"classification needs at least 2")
         data.check_known_classes(val_records, set(labels), adapter.classes_of)
+        return labels, train_records, val_records
 
-        started = time.perf_counter()
+    def _load_data_here(self, adapter) -> tuple[list[str], list[data.Sample], list[data.Sample]]:
+        spec = self.spec
+        started, cpu_started = time.perf_counter(), time.process_time()
+        labels, train_records, val_records = self._read_records(adapter)
+        fetched_before = data.FETCH_STATS.snapshot()
         samples, self.skipped = data.fetch_images(train_records + val_records)
+        fetched = {k: v - fetched_before[k] for k, v in data.FETCH_STATS.snapshot().items() if k != "max_in_flight"}
         data.check_bad_images(self.skipped, len(train_records) + len(val_records), spec.max_bad_image_ratio)
         for s in self.skipped[:MAX_SKIPPED_LOGGED]:
             log.warning("skipped image %s (%s): %s", s.where, s.image_url, s.reason)
         if len(self.skipped) > MAX_SKIPPED_LOGGED:
             log.warning("and %d more skipped images (see status.json)", len(self.skipped) - MAX_SKIPPED_LOGGED)
+        self.image_warnings = [{"where": s.record.where, "image_url": s.record.image_url, "warning": s.warning}
+                               for s in samples if s.warning]
+        for w in self.image_warnings[:MAX_SKIPPED_LOGGED]:
+            log.warning("image %s (%s): %s", w["where"], w["image_url"], w["warning"])
         # A record's (file, line) identifies it; with a split, train and validation share a file.
         train_keys = {(r.source, r.line) for r in train_records}
         train_samples = [s for s in samples if (s.record.source, s.record.line) in train_keys]
@@ -402,31 +549,63 @@ class _Trial:
         if not train_samples or not val_samples:
             raise data.DataError(f"no readable {'training' if not train_samples else 'validation'} images "
                                  f"({len(self.skipped)} skipped)")
-        log.info("data: %d training and %d validation images, %d classes, %d skipped (%.1fs)",
-                 len(train_samples), len(val_samples), len(labels), len(self.skipped),
-                 time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self._update(TrialStatus.RUNNING, data_seconds=round(seconds, 3),
+                     data_cpu_seconds=round(time.process_time() - cpu_started, 3), images_fetched=fetched,
+                     **self._status_fields())
+        log.info("data: %d training and %d validation images, %d classes, %d skipped, %d downloaded, "
+                 "%d from the cache (%.1fs)", len(train_samples), len(val_samples), len(labels),
+                 len(self.skipped), fetched["downloaded"], fetched["cache_hits"], seconds)
         return labels, train_samples, val_samples
 
 
+def _no_heartbeat(step: int, steps: int) -> None:
+    pass
+
+
+def _over_ranks(ctx: distributed.Context, stats: dict[str, Any]) -> dict[str, Any]:
+    """One epoch's training figures over every rank: the loss is the mean over every image trained."""
+    if not ctx.enabled:
+        return stats
+    loss_sum, images = distributed.sum_over_ranks(ctx, stats["train_loss_sum"], stats["train_images"])
+    seconds, = distributed.max_over_ranks(ctx, stats["train_seconds"])
+    return {**stats, "train_loss": loss_sum / max(1, images), "train_loss_sum": loss_sum,
+            "train_images": int(images), "train_seconds": seconds,
+            "images_per_second": images / seconds if seconds else 0.0}
+
+
 class _Heartbeat:
-    """Rewrites status.json every HEARTBEAT_S seconds during an epoch, so that a watcher can tell
+    """Rewrites status.json every `heartbeat_seconds()` during an epoch, so that a watcher can tell
     a long epoch from a hung trainer."""
 
     def __init__(self, reporter: Reporter, epoch: int):
         self.reporter = reporter
         self.epoch = epoch
+        self.every = heartbeat_seconds()
         self.last = time.monotonic()
 
     def __call__(self, step: int, steps: int) -> None:
         now = time.monotonic()
-        if now - self.last >= HEARTBEAT_S:
+        if now - self.last >= self.every:
             self.last = now
             self.reporter.update(TrialStatus.RUNNING, progress={"epoch": self.epoch, "step": step, "steps": steps})
 
 
+def heartbeat_seconds() -> float:
+    value = os.environ.get(HEARTBEAT_ENV)
+    if not value:
+        return HEARTBEAT_S
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        raise ValueError(f"{HEARTBEAT_ENV} must be a number of seconds, got {value!r}") from None
+
+
 def _without_per_class(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Summary metrics: per-class counts stay in metrics/NNNNNN.json, status.json stays small."""
-    return None if metrics is None else {k: v for k, v in metrics.items() if k != "per_class"}
+    """Summary metrics: per-class figures and the confusion matrix stay in metrics/NNNNNN.json,
+    status.json stays small."""
+    return None if metrics is None else {k: v for k, v in metrics.items()
+                                         if k not in ("per_class", "confusion_matrix")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,11 @@ def get_launcher(name: str) -> Launcher:
         from .local import LocalLauncher
 
         return LocalLauncher()
-    raise ValueError(f"unknown launcher {name!r}; available: local")
+    if name == "skypilot":
+        from .skypilot import SkyPilotLauncher
+
+        return SkyPilotLauncher()
+    raise ValueError(f"unknown launcher {name!r}; available: local, skypilot")
 
 
 __all__ = ["Launcher", "LaunchRequest", "RunState", "get_launcher"]

@@ -28,6 +28,7 @@ class LaunchRequest:
     attempt: int
     threads: int | None = None          # CPU threads the trial may use (local runs share cores)
     env: dict[str, str] = field(default_factory=dict)
+    compute: Any = None                 # the job's spec.Compute: where and on what the trial runs
 
     @property
     def name(self) -> str:
@@ -49,3 +50,7 @@ class Launcher(Protocol):
 
     def logs(self, handle: Handle) -> bytes | None:
         """What the run printed, if the launcher keeps it."""
+
+    def cost(self, handle: Handle, elapsed_s: float) -> float | None:
+        """What `elapsed_s` seconds of this run cost in USD; None when the launcher cannot price it.
+        Handles that a priced launcher returns also carry `hourly_price_usd` (None when unknown)."""

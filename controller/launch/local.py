@@ -1,4 +1,5 @@
-"""The local launcher: each trial is a subprocess on this machine, `automl-images trial run SPEC_URL`.
+"""The local launcher: each trial is a subprocess on this machine running the `run` script of
+sky/trial.yaml (the very command a cloud trial runs) with SPEC_URL set: `automl-images trial run`.
 
 Idempotence without a daemon: before it starts a trial the launcher takes an exclusive `flock` on
 a lock file named after the trial's spec URL, and hands that open file to the child, which keeps
@@ -12,12 +13,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
+from . import template
 from .base import Handle, LaunchRequest, RunState
 
 LOCAL_DIR_ENV = "AUTOML_IMAGES_LOCAL_DIR"
@@ -29,14 +30,34 @@ def _runtime_dir() -> str:
     return path
 
 
-def trial_command(spec_url: str) -> list[str]:
-    """The command a trial runs: the installed console script next to this interpreter."""
-    script = os.path.join(os.path.dirname(sys.executable), "automl-images")
-    if not os.path.exists(script):
-        script = shutil.which("automl-images") or ""
-    if script:
-        return [script, "trial", "run", spec_url]
-    return [sys.executable, "-m", "automl_images.controller.cli", "trial", "run", spec_url]
+def trial_command(spec_url: str) -> tuple[list[str], dict[str, str]]:
+    """The command a trial runs and the environment it adds: sky/trial.yaml's `run` script under
+    bash, with SPEC_URL set and this installation's `automl-images` first on the PATH."""
+    env = {template.SPEC_URL_ENV: spec_url, "PATH": f"{_cli_dir()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return ["bash", "-c", template.run_script()], env
+
+
+def _cli_dir() -> str:
+    """A folder whose `automl-images` is this installation's: the console script next to this
+    interpreter, or else a shim that runs the CLI module with it."""
+    here = os.path.dirname(sys.executable)
+    if os.path.exists(os.path.join(here, "automl-images")):
+        return here
+    shim_dir = os.path.join(_runtime_dir(), "bin")
+    os.makedirs(shim_dir, exist_ok=True)
+    shim = os.path.join(shim_dir, "automl-images")
+    text = f'#!/bin/sh\nexec "{sys.executable}" -m automl_images.controller.cli "$@"\n'
+    try:
+        with open(shim) as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = None
+    if current != text:
+        with open(shim + ".tmp", "w") as f:
+            f.write(text)
+        os.chmod(shim + ".tmp", 0o755)
+        os.replace(shim + ".tmp", shim)
+    return shim_dir
 
 
 class LocalLauncher:
@@ -60,12 +81,14 @@ class LocalLauncher:
                 # Already running (started by an earlier controller): adopt it.
                 pid = _read_pid(lock_path)
                 return {"pid": pid, "lock": lock_path, "log": log_path, "adopted": True}
-            env = dict(os.environ, PYTHONUNBUFFERED="1", **request.env)
+            command, command_env = trial_command(request.spec_url)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", **request.env, **command_env}
             if request.threads:
                 env.update(OMP_NUM_THREADS=str(request.threads), MKL_NUM_THREADS=str(request.threads),
                            AUTOML_IMAGES_THREADS=str(request.threads))
             with open(log_path, "ab") as log:
-                child = subprocess.Popen(trial_command(request.spec_url), stdout=log, stderr=subprocess.STDOUT,
+                # The script ends in `exec`, so the child's pid becomes the trainer's.
+                child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, pass_fds=(fd,),
                                          start_new_session=True)  # a Ctrl-C to the controller spares trials
             os.ftruncate(fd, 0)
@@ -95,6 +118,9 @@ class LocalLauncher:
                 return f.read()
         except (OSError, KeyError):
             return None
+
+    def cost(self, handle: Handle, elapsed_s: float) -> float | None:
+        return 0.0  # this machine: nothing is billed per trial
 
 
 def _locked(lock_path: str) -> bool:

@@ -6,7 +6,7 @@ a line to `ADAPTERS`.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -14,6 +14,7 @@ from ..config import SpecError
 from ..hyperparameters import Task
 from ..presets import Preprocessing
 from .classification import ClassificationAdapter
+from .multilabel import MultiLabelAdapter
 
 
 class Evaluator(Protocol):
@@ -34,14 +35,21 @@ class TaskAdapter(Protocol):
     def preprocessing(self, hyperparameters: dict[str, Any]) -> Preprocessing: ...
     def build_model(self, model_name: str, num_classes: int, pretrained: bool,
                     weights_cache: str | None = None, layers_to_freeze: int | None = None) -> torch.nn.Module: ...
-    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int]) -> torch.nn.Module:
-        """Called as `loss(model, images, targets)` by the training loop."""
+    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int],
+             num_samples: int | None = None) -> torch.nn.Module:
+        """Called as `loss(model, images, targets)` by the training loop. `class_counts`: training
+        images per class; `num_samples`: training images."""
     def evaluator(self, labels: Sequence[str], loss: torch.nn.Module) -> Evaluator: ...
-    def predictions(self, outputs: Any, labels: Sequence[str]) -> list[dict[str, Any]]: ...
+    def export_info(self) -> dict[str, Any]:
+        """Task-specific fields of the exported model.json (multi-label: the threshold)."""
+    def predictions(self, outputs: Any, labels: Sequence[str],
+                    info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Per image, what the model predicts; `info` is the exported model.json."""
 
 
 ADAPTERS: dict[Task, type] = {
     Task.CLASSIFICATION: ClassificationAdapter,
+    Task.MULTI_LABEL: MultiLabelAdapter,
 }
 
 

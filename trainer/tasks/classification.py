@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
-from sklearn import metrics as skm
 
 from .. import models
 from ..config import SpecError
 from ..hyperparameters import PRIMARY_METRICS, Task
+from ..labels import class_name
+from ..metrics import multiclass as multiclass_metrics
 from ..presets import DEFAULT_TRAIN_PRESET, Preprocessing
 
 
@@ -49,7 +49,7 @@ def class_weights(counts: Sequence[int], weighted_loss: int) -> torch.Tensor | N
 
 
 class ClassificationEvaluator:
-    """Collects a validation pass's logits, then computes Azure's classification metrics."""
+    """Collects a validation pass's logits, then computes the loss and `metrics.multiclass`."""
 
     def __init__(self, labels: Sequence[str], weight: torch.Tensor | None = None):
         self.labels = list(labels)
@@ -65,26 +65,10 @@ class ClassificationEvaluator:
         logits = torch.cat(self.logits).double()
         targets = torch.cat(self.targets)
         weight = None if self.weight is None else self.weight.double()
+        # The training objective (weighted like training); log_loss is the unweighted figure.
         loss = torch.nn.functional.cross_entropy(logits, targets, weight=weight).item()
         probabilities = torch.softmax(logits, dim=1).numpy()
-        predicted = probabilities.argmax(axis=1)
-        y = targets.numpy()
-        every_class = list(range(len(self.labels)))
-        precision, recall, f1, _ = skm.precision_recall_fscore_support(
-            y, predicted, labels=every_class, average="weighted", zero_division=0)
-        support = np.bincount(y, minlength=len(self.labels))
-        correct = np.bincount(y[predicted == y], minlength=len(self.labels))
-        return {
-            "accuracy": float(skm.accuracy_score(y, predicted)),
-            "loss": float(loss),
-            "log_loss": float(skm.log_loss(y, probabilities, labels=every_class)),
-            "precision_score_weighted": float(precision),
-            "recall_score_weighted": float(recall),
-            "f1_score_weighted": float(f1),
-            "samples": int(len(y)),
-            "per_class": {name: {"support": int(support[i]), "correct": int(correct[i])}
-                          for i, name in enumerate(self.labels)},
-        }
+        return {**multiclass_metrics(targets.numpy(), probabilities, self.labels), "loss": float(loss)}
 
 
 class ClassificationAdapter:
@@ -94,12 +78,7 @@ class ClassificationAdapter:
     # -- labels ------------------------------------------------------------------------------------
     def parse_label(self, value: Any) -> str:
         """A class name. Integers are accepted and read as names ("3"): class ids are common."""
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ValueError(f"must be a class name (a string), got {value!r}")
-        name = str(value).strip()
-        if not name:
-            raise ValueError("must be a non-empty class name")
-        return name
+        return class_name(value)
 
     def classes_of(self, label: str) -> tuple[str, ...]:
         return (label,)
@@ -113,6 +92,12 @@ class ClassificationAdapter:
         if crop > resize:
             raise SpecError(f"trial spec hyperparameters.crop_size: {crop} is larger than "
                             f"resize_size {resize}; the crop is taken from the resized image")
+        try:
+            models.check_input_size(hyperparameters["model_name"], crop)
+        except KeyError:
+            pass  # an unknown model is reported by build_model, with its field
+        except ValueError as exc:
+            raise SpecError(f"trial spec hyperparameters.crop_size: {exc}") from None
         return Preprocessing(resize_size=resize, crop_size=crop, train_preset=DEFAULT_TRAIN_PRESET)
 
     def build_model(self, model_name: str, num_classes: int, pretrained: bool,
@@ -126,6 +111,8 @@ class ClassificationAdapter:
                             f"{self.task.value} in this trainer version")
         try:
             model = models.build_classifier(info.name, num_classes, pretrained, weights_cache)
+        except ValueError as exc:  # weights that have no source: only the user can provide them
+            raise SpecError(f"trial spec hyperparameters.pretrained: {exc}") from None
         except OSError as exc:
             # Retrying may help (the download hiccupped), so this stays an OSError.
             raise ConnectionError(
@@ -141,14 +128,19 @@ class ClassificationAdapter:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int]) -> ClassificationLoss:
+    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int],
+             num_samples: int | None = None) -> ClassificationLoss:
         return ClassificationLoss(class_weights(class_counts, hyperparameters["weighted_loss"]))
 
     def evaluator(self, labels: Sequence[str], loss: ClassificationLoss) -> ClassificationEvaluator:
         return ClassificationEvaluator(labels, loss.cross_entropy.weight)
 
     # -- inference ---------------------------------------------------------------------------------
-    def predictions(self, outputs: torch.Tensor, labels: Sequence[str]) -> list[dict[str, Any]]:
+    def export_info(self) -> dict[str, Any]:
+        return {}
+
+    def predictions(self, outputs: torch.Tensor, labels: Sequence[str],
+                    info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         probabilities = torch.softmax(outputs.float(), dim=1)
         out = []
         for row in probabilities.tolist():
