@@ -12,6 +12,7 @@ import pytest
 from automl_images.controller import cli
 from automl_images.trainer.detection_labels import DetectionObject
 from automl_images.trainer.detection_metrics import ImageResult, coco, detection_metrics, voc
+from coco_reference import pycocotools_stats
 
 CLASSES = ("can", "carton", "milk")
 
@@ -134,6 +135,16 @@ def test_voc_equals_an_independent_computation(seed):
     assert ours["voc_map"] == pytest.approx(np.mean([v[0] for v in expected.values()]), abs=1e-9)
 
 
+@pytest.mark.parametrize("batch_elements", [1, 40])
+def test_voc_the_same_whatever_the_batches(monkeypatch, batch_elements):
+    """Images are matched in runs (one padded array each): any split gives the same figures."""
+    from automl_images.trainer import detection_metrics
+    images = synthetic(7, n_images=20) + synthetic(8, n_images=5, segmentation=True)
+    whole = voc(images), voc(images[20:], segmentation=True)
+    monkeypatch.setattr(detection_metrics, "_BATCH_ELEMENTS", batch_elements)
+    assert (voc(images), voc(images[20:], segmentation=True)) == whole
+
+
 def test_voc_by_hand():
     gt = [DetectionObject("a", (0.0, 0.0, 0.5, 0.5)), DetectionObject("a", (0.5, 0.5, 1.0, 1.0)),
           DetectionObject("a", (0.0, 0.5, 0.5, 1.0), is_crowd=True)]
@@ -157,51 +168,6 @@ def test_unknown_metric_type():
 
 # -- COCO: pycocotools on the same data ------------------------------------------------------------
 
-def pycocotools_stats(images, segmentation):
-    """The same data written out by hand, evaluated by pycocotools itself."""
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    names = sorted({o.label for im in images for o in (*im.truth, *im.predicted)})
-    dataset = {"images": [], "annotations": [], "categories": [{"id": 10 + i, "name": n} for i, n in enumerate(names)]}
-    results = []
-
-    def xywh(box, w, h):
-        return [box[0] * w, box[1] * h, (box[2] - box[0]) * w, (box[3] - box[1]) * h]
-
-    def polys(obj, w, h):
-        return [[c * (w if i % 2 == 0 else h) for i, c in enumerate(p)] for p in obj.polygons]
-
-    for image_id, im in enumerate(images, start=100):
-        dataset["images"].append({"id": image_id, "width": im.width, "height": im.height})
-        for obj in im.truth:
-            ann = {"id": len(dataset["annotations"]) + 1, "image_id": image_id, "iscrowd": int(obj.is_crowd),
-                   "category_id": 10 + names.index(obj.label), "bbox": xywh(obj.box, im.width, im.height)}
-            ann["area"] = ann["bbox"][2] * ann["bbox"][3]
-            if segmentation:
-                ann["segmentation"] = polys(obj, im.width, im.height)
-                rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], im.height, im.width))
-                ann["area"] = float(mask_utils.area(rle))
-            dataset["annotations"].append(ann)
-        for obj in im.predicted:
-            res = {"image_id": image_id, "category_id": 10 + names.index(obj.label), "score": obj.score}
-            if segmentation:
-                res["segmentation"] = mask_utils.merge(mask_utils.frPyObjects(polys(obj, im.width, im.height),
-                                                                              im.height, im.width))
-            else:
-                res["bbox"] = xywh(obj.box, im.width, im.height)
-            results.append(res)
-    truth = COCO()
-    truth.dataset = dataset
-    truth.createIndex()
-    evaluation = COCOeval(truth, truth.loadRes(results), "segm" if segmentation else "bbox")
-    evaluation.evaluate()
-    evaluation.accumulate()
-    evaluation.summarize()
-    return list(evaluation.stats)
-
-
 @pytest.mark.parametrize("segmentation", [False, True], ids=["bbox", "segm"])
 @pytest.mark.parametrize("seed", range(3))
 def test_coco_equals_pycocotools(seed, segmentation, capsys):
@@ -209,6 +175,35 @@ def test_coco_equals_pycocotools(seed, segmentation, capsys):
     ours = coco(images, segmentation=segmentation)
     expected = pycocotools_stats(images, segmentation)
     for (name, value), reference in zip(ours.items(), expected):
+        assert (-1.0 if value is None else value) == pytest.approx(reference, abs=1e-6), name
+
+
+@pytest.mark.parametrize("segmentation", [False, True], ids=["bbox", "segm"])
+def test_coco_equals_pycocotools_past_100_predictions(segmentation, capsys):
+    """More than COCO's 100 predictions per image and class: only the best 100 count."""
+    rng = random.Random(3)
+    images = []
+    for _ in range(3):
+        truth = [DetectionObject("can", box, rng.random() < 0.1, (_flat(_polygon(box)),) if segmentation else ())
+                 for box in (_box(rng) for _ in range(12))]
+        predicted = [DetectionObject("can", box, polygons=(_flat(_polygon(box)),) if segmentation else (),
+                                     score=round(rng.random(), 2)) for box in (_box(rng) for _ in range(130))]
+        images.append(ImageResult(80, 60, truth, predicted))
+    ours = coco(images, segmentation=segmentation)
+    for (name, value), reference in zip(ours.items(), pycocotools_stats(images, segmentation)):
+        assert (-1.0 if value is None else value) == pytest.approx(reference, abs=1e-6), name
+
+
+def test_objects_of_several_polygons(capsys):
+    """An object's polygons are one mask (merged), labelled or predicted, as COCO's annToRLE."""
+    def split(obj, k):
+        x0, y0, x1, y1 = obj.box        # the bottom left corner, which _polygon leaves out
+        corner = (x0, y1, x0, y1 - (y1 - y0) / 4, x0 + (x1 - x0) / 4, y1)
+        return DetectionObject(obj.label, obj.box, obj.is_crowd, obj.polygons + (corner,) * (k % 2), obj.score)
+    images = [ImageResult(im.width, im.height, [split(o, k) for k, o in enumerate(im.truth)],
+                          [split(o, k + 1) for k, o in enumerate(im.predicted)])
+              for im in synthetic(5, n_images=15, segmentation=True)]
+    for (name, value), reference in zip(coco(images, segmentation=True).items(), pycocotools_stats(images, True)):
         assert (-1.0 if value is None else value) == pytest.approx(reference, abs=1e-6), name
 
 

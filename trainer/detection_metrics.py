@@ -19,11 +19,15 @@ positive; crowd objects are never counted among the objects to find. VOC matchin
 COCO's (best *unmatched* object) rather than the VOC devkit's (best object, a false positive if
 already taken), and has no per-image detection limit. Coordinates are normalised in the labels
 (`detection_labels.py`) and scaled to pixels here: COCO's small/medium/large are pixel areas.
+
+Both evaluations start from one pass over the images (`_dataset`): boxes in pixels, class indices and,
+for segmentation, each mask run-length encoded and, per image, the masks' IoUs, all computed once.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -34,6 +38,9 @@ VOC_IOU = 0.5
 COCO_STATS = ("coco_map", "coco_map_50", "coco_map_75", "coco_map_small", "coco_map_medium",
               "coco_map_large", "coco_mar_1", "coco_mar_10", "coco_mar_100", "coco_mar_small",
               "coco_mar_medium", "coco_mar_large")
+# The VOC matching holds a run of images' IoUs in one padded array (images x predictions x objects),
+# of at most this many elements (a few such arrays: tens of MB).
+_BATCH_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,50 +55,94 @@ class ImageResult:
     predicted_masks: Sequence[np.ndarray] | None = None
 
 
-# -- shapes ----------------------------------------------------------------------------------------
-
-def _pixel_box(obj: DetectionObject, image: ImageResult) -> list[float]:
-    """COCO's [x, y, width, height] in pixels."""
-    x0, y0, x1, y1 = obj.box
-    return [x0 * image.width, y0 * image.height, (x1 - x0) * image.width, (y1 - y0) * image.height]
-
-
-def _pixel_polygons(obj: DetectionObject, image: ImageResult) -> list[list[float]]:
-    scale = np.array([image.width, image.height], dtype=np.float64)
-    return [list((np.asarray(p, dtype=np.float64).reshape(-1, 2) * scale).ravel()) for p in obj.polygons]
-
+# -- the objects, computed once for both evaluations ----------------------------------------------
 
 def _mask_module():
     from faster_coco_eval.core import mask   # imported here: the box metrics need none of it
     return mask
 
 
-def _rle(obj: DetectionObject, image: ImageResult) -> dict[str, Any]:
-    mask = _mask_module()
-    rles = mask.frPyObjects(_pixel_polygons(obj, image), image.height, image.width)
-    return mask.merge(rles)
+def _polygon_rles(objects: Sequence[DetectionObject], image: ImageResult) -> list[dict[str, Any]]:
+    """Each object's polygons, scaled to pixels, as one run-length encoded mask (COCO's annToRLE: the
+    polygons' masks merged). All the image's polygons are encoded in one call."""
+    mask, scale = _mask_module(), (image.width, image.height)
+    polygons = [[c * s for c, s in zip(p, itertools.cycle(scale))] for o in objects for p in o.polygons]
+    rles = iter(mask.frPyObjects(polygons, image.height, image.width) if polygons else ())
+    out = []
+    for o in objects:
+        parts = [next(rles) for _ in o.polygons]
+        out.append(parts[0] if len(parts) == 1 else mask.merge(parts))   # merging one changes nothing
+    return out
 
 
 def _predicted_rles(image: ImageResult) -> list[dict[str, Any]]:
     if image.predicted_masks is None:
-        return [_rle(p, image) for p in image.predicted]
+        return _polygon_rles(image.predicted, image)
     mask = _mask_module()
     return [mask.encode(np.asfortranarray(np.asarray(m, dtype=np.uint8))) for m in image.predicted_masks]
 
 
-def _box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
-    """IoU of every prediction (rows) with every object (columns), boxes as x, y, w, h; for a crowd
-    object, intersection over the prediction's area (as COCO)."""
-    if not len(dt) or not len(gt):
-        return np.zeros((len(dt), len(gt)))
-    dx0, dy0, dx1, dy1 = dt[:, 0:1], dt[:, 1:2], dt[:, 0:1] + dt[:, 2:3], dt[:, 1:2] + dt[:, 3:4]
-    gx0, gy0, gx1, gy1 = gt[:, 0], gt[:, 1], gt[:, 0] + gt[:, 2], gt[:, 1] + gt[:, 3]
-    iw = np.clip(np.minimum(dx1, gx1) - np.maximum(dx0, gx0), 0, None)
-    ih = np.clip(np.minimum(dy1, gy1) - np.maximum(dy0, gy0), 0, None)
-    inter = iw * ih
-    d_area, g_area = dt[:, 2:3] * dt[:, 3:4], gt[:, 2] * gt[:, 3]
-    union = np.where(crowd[None, :], d_area, d_area + g_area - inter)
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+@dataclass(frozen=True)
+class _Objects:
+    """The labelled, or the predicted, objects of all the images, one after another in image order."""
+    start: np.ndarray                       # image k's objects are [start[k], start[k + 1])
+    image: np.ndarray                       # each object's image
+    label: np.ndarray                       # index into the sorted class names
+    box: np.ndarray                         # COCO's [x, y, width, height] in pixels
+    crowd: np.ndarray
+    score: np.ndarray                       # 0 where None (and for every labelled object)
+    rles: list[dict[str, Any]] | None       # segmentation: each object's mask, run-length encoded
+
+
+def _objects(images: Sequence[ImageResult], per_image: list[Sequence[DetectionObject]],
+             label_index: dict[str, int], rles: list[dict[str, Any]] | None) -> _Objects:
+    counts = [len(objects) for objects in per_image]
+    flat = [o for objects in per_image for o in objects]
+    size = np.repeat(np.array([(im.width, im.height) for im in images], dtype=np.float64).reshape(-1, 2),
+                     counts, axis=0)
+    corners = np.array([o.box for o in flat], dtype=np.float64).reshape(-1, 4)
+    return _Objects(
+        start=np.concatenate(([0], np.cumsum(counts, dtype=np.int64))),
+        image=np.repeat(np.arange(len(images)), counts),
+        label=np.array([label_index[o.label] for o in flat], dtype=np.int64),
+        box=np.concatenate((corners[:, :2], corners[:, 2:] - corners[:, :2]), axis=1) * np.tile(size, 2),
+        crowd=np.array([o.is_crowd for o in flat], dtype=bool),
+        score=np.array([o.score or 0.0 for o in flat], dtype=np.float64),
+        rles=rles)
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    images: Sequence[ImageResult]
+    segmentation: bool
+    classes: list[str]
+    truth: _Objects
+    predicted: _Objects
+    mask_ious: list[np.ndarray] | None      # segmentation: per image, its predictions x its objects
+
+
+def _mask_ious(truth: _Objects, predicted: _Objects) -> list[np.ndarray]:
+    """Per image, the IoU of each predicted mask with each labelled one (crowds: as COCO)."""
+    iou, crowd, out = _mask_module().iou, truth.crowd.astype(int).tolist(), []
+    for k in range(len(truth.start) - 1):
+        objects = slice(truth.start[k], truth.start[k + 1])
+        d, g = predicted.rles[predicted.start[k]:predicted.start[k + 1]], truth.rles[objects]
+        ious = iou(d, g, crowd[objects]) if d and g else []
+        out.append(np.asarray(ious, dtype=np.float64).reshape(len(d), len(g)))
+    return out
+
+
+def _dataset(images: Sequence[ImageResult], segmentation: bool) -> _Dataset:
+    """Boxes in pixels, class indices and (segmentation) each mask's RLE and the masks' IoUs: computed
+    once, here, for both the VOC and the COCO evaluation."""
+    classes = sorted({o.label for im in images for o in (*im.truth, *im.predicted)})
+    index = {c: k for k, c in enumerate(classes)}
+    truth_rles = [r for im in images for r in _polygon_rles(im.truth, im)] if segmentation else None
+    predicted_rles = [r for im in images for r in _predicted_rles(im)] if segmentation else None
+    truth = _objects(images, [im.truth for im in images], index, truth_rles)
+    predicted = _objects(images, [im.predicted for im in images], index, predicted_rles)
+    return _Dataset(images, segmentation, classes, truth, predicted,
+                    _mask_ious(truth, predicted) if segmentation else None)
 
 
 # -- VOC -------------------------------------------------------------------------------------------
@@ -111,63 +162,100 @@ def average_precision(tp: Sequence[bool], num_objects: int) -> float:
     return float(np.sum((mrec[steps + 1] - mrec[steps]) * mpre[steps + 1]))
 
 
-def _match_image(image: ImageResult, cls: str, segmentation: bool, iou_threshold: float,
-                 rles: tuple[list, list] | None) -> tuple[list[tuple[float, bool]], int]:
-    """(score, true positive) of the class's predictions in one image that are not ignored, and how
-    many ordinary objects of the class the image has."""
-    gt_idx = [i for i, o in enumerate(image.truth) if o.label == cls]
-    dt_idx = [i for i, o in enumerate(image.predicted) if o.label == cls]
-    crowd = np.array([image.truth[i].is_crowd for i in gt_idx], dtype=bool)
-    num_objects = int((~crowd).sum())
-    if not dt_idx:
-        return [], num_objects
-    if segmentation:
-        gt_rles, dt_rles = rles
-        g = [gt_rles[i] for i in gt_idx]
-        d = [dt_rles[i] for i in dt_idx]
-        ious = np.asarray(_mask_module().iou(d, g, [int(c) for c in crowd])).reshape(len(d), len(g)) \
-            if g else np.zeros((len(d), 0))
-    else:
-        g = np.array([_pixel_box(image.truth[i], image) for i in gt_idx]).reshape(-1, 4)
-        d = np.array([_pixel_box(image.predicted[i], image) for i in dt_idx]).reshape(-1, 4)
-        ious = _box_iou(d, g, crowd)
-    scores = np.array([image.predicted[i].score or 0.0 for i in dt_idx])
-    taken = np.zeros(len(gt_idx), dtype=bool)
-    out = []
-    for row in np.argsort(-scores, kind="mergesort"):
-        candidates = np.where(~crowd & ~taken & (ious[row] >= iou_threshold))[0]
-        if len(candidates):
-            best = candidates[np.argmax(ious[row, candidates])]
-            taken[best] = True
-            out.append((float(scores[row]), True))
-        elif np.any(crowd & (ious[row] >= iou_threshold)):
-            continue                                         # covers a crowd: ignored
+def _box_iou(dt: np.ndarray, gt: np.ndarray, crowd: np.ndarray) -> np.ndarray:
+    """IoU of every prediction with every object, boxes as x, y, w, h: dt (..., D, 4) and gt (..., G, 4)
+    give (..., D, G). For a crowd object (crowd: (..., G)), intersection over the prediction's area (as
+    COCO)."""
+    dx0, dy0, dw, dh = (dt[..., :, None, k] for k in range(4))
+    gx0, gy0, gw, gh = (gt[..., None, :, k] for k in range(4))
+    iw = np.clip(np.minimum(dx0 + dw, gx0 + gw) - np.maximum(dx0, gx0), 0, None)
+    ih = np.clip(np.minimum(dy0 + dh, gy0 + gh) - np.maximum(dy0, gy0), 0, None)
+    inter = iw * ih
+    d_area, g_area = dw * dh, gw * gh
+    union = np.where(crowd[..., None, :], d_area, d_area + g_area - inter)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def _batches(n_dt: np.ndarray, n_gt: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
+    """Runs of images [a, b) matched together, with the most predictions and the most objects of one
+    of them: their IoUs, padded to those, stay within _BATCH_ELEMENTS (or one image per run)."""
+    a, most_dt, most_gt = 0, 0, 0
+    for k, (d, g) in enumerate(zip(n_dt.tolist(), n_gt.tolist())):
+        if k > a and (k + 1 - a) * max(most_dt, d) * max(most_gt, g) > _BATCH_ELEMENTS:
+            yield a, k, most_dt, most_gt
+            a, most_dt, most_gt = k, 0, 0
+        most_dt, most_gt = max(most_dt, d), max(most_gt, g)
+    if len(n_dt):
+        yield a, len(n_dt), most_dt, most_gt
+
+
+def _match(data: _Dataset, iou_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each prediction is a true positive, and whether it is ignored (it covers a crowd). Each
+    image's predictions take objects greedily in descending score order, as in the module docstring.
+    Predictions of different classes never compete for an object, nor do different images, so all
+    the classes of a run of images are matched at once, in arrays indexed (image, the prediction's
+    rank in its image, object), padded to the run's largest image."""
+    truth, predicted = data.truth, data.predicted
+    # by image, then descending score; stable, so ties keep their order (as COCO's mergesort)
+    order = np.lexsort((-predicted.score, predicted.image))
+    rank = np.arange(len(order)) - predicted.start[predicted.image[order]]
+    hit, ignored = np.zeros(len(order), dtype=bool), np.zeros(len(order), dtype=bool)
+    for a, b, most_dt, most_gt in _batches(np.diff(predicted.start), np.diff(truth.start)):
+        if not most_dt or not most_gt:
+            continue                                         # nothing to match: no true positive
+        ranked = slice(predicted.start[a], predicted.start[b])
+        dts, d_at = order[ranked], (predicted.image[order[ranked]] - a, rank[ranked])
+        gts = np.arange(truth.start[a], truth.start[b])
+        g_at = (truth.image[gts] - a, gts - truth.start[truth.image[gts]])
+        n = b - a
+        dt_label, gt_label = np.full((n, most_dt), -1), np.full((n, most_gt), -2)   # padding: no class
+        dt_label[d_at], gt_label[g_at] = predicted.label[dts], truth.label[gts]
+        crowd = np.zeros((n, most_gt), dtype=bool)
+        crowd[g_at] = truth.crowd[gts]
+        if data.segmentation:
+            ious = np.zeros((n, most_dt, most_gt))
+            for k in range(a, b):
+                image_ious = data.mask_ious[k]
+                ious[k - a, :image_ious.shape[0], :image_ious.shape[1]] = \
+                    image_ious[order[predicted.start[k]:predicted.start[k + 1]] - predicted.start[k]]
         else:
-            out.append((float(scores[row]), False))
-    return out, num_objects
+            dt_box, gt_box = np.zeros((n, most_dt, 4)), np.zeros((n, most_gt, 4))
+            dt_box[d_at], gt_box[g_at] = predicted.box[dts], truth.box[gts]
+            ious = _box_iou(dt_box, gt_box, crowd)
+        over = (dt_label[:, :, None] == gt_label[:, None, :]) & (ious >= iou_threshold)
+        covers_crowd = (over & crowd[:, None, :]).any(axis=2)
+        eligible = over & ~crowd[:, None, :]
+        taken, matched = np.zeros((n, most_gt), dtype=bool), np.zeros((n, most_dt), dtype=bool)
+        rows = np.arange(n)
+        for r in range(most_dt):                             # every image's r-th best prediction at once
+            free = eligible[:, r] & ~taken
+            best = np.argmax(np.where(free, ious[:, r], -1.0), axis=1)   # the first of equals, as COCO
+            matched[:, r] = free[rows, best]
+            taken[rows[matched[:, r]], best[matched[:, r]]] = True
+        hit[dts] = matched[d_at]
+        ignored[dts] = ~matched[d_at] & covers_crowd[d_at]
+    return hit, ignored
 
 
-def voc(images: Sequence[ImageResult], *, segmentation: bool = False, score_threshold: float = 0.3,
-        iou_threshold: float = VOC_IOU) -> dict[str, Any]:
-    """VOC mAP and, per class, AP and precision / recall at `score_threshold`."""
-    rles = [([_rle(o, im) for o in im.truth], _predicted_rles(im)) if segmentation else None for im in images]
-    classes = sorted({o.label for im in images for o in (*im.truth, *im.predicted)})
+def _voc(data: _Dataset, score_threshold: float, iou_threshold: float) -> dict[str, Any]:
+    hit, ignored = _match(data, iou_threshold)
+    truth, predicted = data.truth, data.predicted
+    num_objects = np.bincount(truth.label[~truth.crowd], minlength=len(data.classes)).tolist()
+    # by class, then descending score; stable, so ties keep image order (then each image's own order)
+    order = np.lexsort((-predicted.score, predicted.label))
+    order = order[~ignored[order]]
+    class_start = np.searchsorted(predicted.label[order], np.arange(len(data.classes) + 1))
     per_class: dict[str, dict[str, float | None]] = {}
-    for cls in classes:
-        matches, num_objects = [], 0
-        for image, image_rles in zip(images, rles):
-            m, n = _match_image(image, cls, segmentation, iou_threshold, image_rles)
-            matches.extend(m)
-            num_objects += n
-        if num_objects == 0:
+    for k, cls in enumerate(data.classes):
+        if num_objects[k] == 0:
             continue                                         # no object to find: no AP (as VOC)
-        matches.sort(key=lambda m: -m[0])                    # stable: ties keep image order
-        tp = [hit for _, hit in matches]
-        shown = [hit for score, hit in matches if score >= score_threshold]
+        ranked = order[class_start[k]:class_start[k + 1]]
+        shown = hit[ranked][predicted.score[ranked] >= score_threshold]
+        found = int(shown.sum())
         per_class[cls] = {
-            "average_precision": average_precision(tp, num_objects),
-            "precision": (sum(shown) / len(shown)) if shown else None,
-            "recall": sum(shown) / num_objects,
+            "average_precision": average_precision(hit[ranked], num_objects[k]),
+            "precision": found / len(shown) if len(shown) else None,
+            "recall": found / num_objects[k],
         }
     aps = [c["average_precision"] for c in per_class.values()]
     precisions = [c["precision"] for c in per_class.values() if c["precision"] is not None]
@@ -180,55 +268,98 @@ def voc(images: Sequence[ImageResult], *, segmentation: bool = False, score_thre
     }
 
 
+def voc(images: Sequence[ImageResult], *, segmentation: bool = False, score_threshold: float = 0.3,
+        iou_threshold: float = VOC_IOU) -> dict[str, Any]:
+    """VOC mAP and, per class, AP and precision / recall at `score_threshold`."""
+    return _voc(_dataset(images, segmentation), score_threshold, iou_threshold)
+
+
 # -- COCO ------------------------------------------------------------------------------------------
 
-def coco_inputs(images: Sequence[ImageResult], segmentation: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ground truth dataset and the results list, as COCO's tools take them."""
-    classes = sorted({o.label for im in images for o in (*im.truth, *im.predicted)})
-    category = {c: k + 1 for k, c in enumerate(classes)}
-    dataset: dict[str, Any] = {"images": [], "annotations": [],
-                               "categories": [{"id": k, "name": c} for c, k in category.items()]}
-    results = []
-    for image_id, image in enumerate(images, start=1):
-        dataset["images"].append({"id": image_id, "width": image.width, "height": image.height})
-        for obj in image.truth:
-            box = _pixel_box(obj, image)
-            annotation = {"id": len(dataset["annotations"]) + 1, "image_id": image_id,
-                          "category_id": category[obj.label], "bbox": box,
-                          "area": box[2] * box[3], "iscrowd": int(obj.is_crowd)}
-            if segmentation:
-                annotation["segmentation"] = _pixel_polygons(obj, image)
-                annotation["area"] = float(_mask_module().area(_rle(obj, image)))
-            dataset["annotations"].append(annotation)
-        rles = _predicted_rles(image) if segmentation else None
-        for k, obj in enumerate(image.predicted):
-            result = {"image_id": image_id, "category_id": category[obj.label], "score": float(obj.score or 0.0)}
-            if segmentation:
-                rle = dict(rles[k])
-                if isinstance(rle["counts"], bytes):
-                    rle["counts"] = rle["counts"].decode("ascii")
-                result["segmentation"] = rle
-            else:
-                result["bbox"] = _pixel_box(obj, image)
-            results.append(result)
-    return dataset, results
+def _annotations(objects: _Objects, segmentation: bool, predicted: bool) -> list[dict[str, Any]]:
+    """The objects as COCO annotations. A prediction's are what COCO's loadRes makes of a result (not a
+    crowd; with a mask, the mask's area and bounding box), here from one call over all the masks
+    rather than loadRes's one per result."""
+    boxes = objects.box
+    if segmentation:
+        mask = _mask_module()
+        areas = np.asarray(mask.area(objects.rles), dtype=np.float64)
+        if predicted:
+            boxes = np.asarray(mask.toBbox(objects.rles), dtype=np.float64).reshape(-1, 4)
+    else:
+        areas = boxes[:, 2] * boxes[:, 3]
+    annotations = [{"id": k + 1, "image_id": image + 1, "category_id": label + 1, "bbox": box, "area": area,
+                    "iscrowd": int(crowd)}
+                   for k, (image, label, box, area, crowd) in enumerate(zip(
+                       objects.image.tolist(), objects.label.tolist(), boxes.tolist(), areas.tolist(),
+                       objects.crowd.tolist()))]
+    for annotation, rle in zip(annotations, objects.rles if segmentation else ()):
+        annotation["segmentation"] = rle
+    if predicted:
+        for annotation, score in zip(annotations, objects.score.tolist()):
+            annotation["score"] = score
+    return annotations
 
 
-def coco(images: Sequence[ImageResult], *, segmentation: bool = False) -> dict[str, float | None]:
-    """COCO's twelve summary figures (None where COCO has none: -1, e.g. no large object)."""
+def _coco_inputs(data: _Dataset) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ground truth dataset and the results list, as COCO's tools take them (the results already as
+    loadRes completes them)."""
+    return ({"images": [{"id": k + 1, "width": im.width, "height": im.height}
+                        for k, im in enumerate(data.images)],
+             "categories": [{"id": k + 1, "name": c} for k, c in enumerate(data.classes)],
+             "annotations": _annotations(data.truth, data.segmentation, predicted=False)},
+            _annotations(data.predicted, data.segmentation, predicted=True))
+
+
+def _coco_mask_ious(data: _Dataset, max_dets: int) -> Callable[[int, int], np.ndarray | list]:
+    """COCOeval.computeIoU from the mask IoUs computed once: for an image and class, the IoUs of its
+    best `max_dets` predictions (by descending score; stable, as COCO's mergesort) with its objects, or
+    [] if it has none of either."""
+    truth, predicted, n_classes = data.truth, data.predicted, len(data.classes)
+    # each side's objects grouped by image and class (in image order; the predictions by score)
+    gts = np.lexsort((truth.label, truth.image))
+    dts = np.lexsort((-predicted.score, predicted.label, predicted.image))
+    groups = np.arange(len(data.images) * n_classes + 1)
+    gt_start = np.searchsorted(truth.image[gts] * n_classes + truth.label[gts], groups)
+    dt_start = np.searchsorted(predicted.image[dts] * n_classes + predicted.label[dts], groups)
+
+    def compute_iou(image_id: int, category_id: int) -> np.ndarray | list:
+        image = image_id - 1
+        group = image * n_classes + category_id - 1
+        g = gts[gt_start[group]:gt_start[group + 1]] - truth.start[image]
+        d = dts[dt_start[group]:dt_start[group + 1]][:max_dets] - predicted.start[image]
+        return data.mask_ious[image][d][:, g] if len(d) and len(g) else []
+
+    return compute_iou
+
+
+def _coco(data: _Dataset) -> dict[str, float | None]:
     from faster_coco_eval import COCO, COCOeval_faster
 
-    dataset, results = coco_inputs(images, segmentation)
-    if not results:                                           # COCO's loadRes refuses an empty list
+    dataset, results = _coco_inputs(data)
+    if not results:                                           # no prediction: nothing to rank
         return {name: 0.0 for name in COCO_STATS}
     truth = COCO(dataset)
-    predicted = truth.loadRes(results)
-    evaluation = COCOeval_faster(truth, predicted, iouType="segm" if segmentation else "bbox",
+    # the results are complete annotations already (_coco_inputs): no loadRes
+    predicted = COCO({"images": dataset["images"], "categories": dataset["categories"], "annotations": results})
+    evaluation = COCOeval_faster(truth, predicted, iouType="segm" if data.segmentation else "bbox",
                                  print_function=lambda *args, **kwargs: None)
+    if data.segmentation:
+        # The mask IoUs of _dataset are COCO's (the same mask.iou, pair by pair): COCOeval looks them
+        # up through its per image and class hook rather than computing them again, so it needs no
+        # RLEs decoded of its own, nor worker threads (faster-coco-eval 1.8, pinned; the tests compare
+        # with pycocotools). Box IoUs it computes itself: ours need not match its C++ to the last bit.
+        evaluation.params.compute_rle = False
+        evaluation.computeIoU = _coco_mask_ious(data, max(evaluation.params.maxDets))
     evaluation.evaluate()
     evaluation.accumulate()
     evaluation.summarize()
     return {name: (None if value < 0 else float(value)) for name, value in zip(COCO_STATS, evaluation.stats)}
+
+
+def coco(images: Sequence[ImageResult], *, segmentation: bool = False) -> dict[str, float | None]:
+    """COCO's twelve summary figures (None where COCO has none: -1, e.g. no large object)."""
+    return _coco(_dataset(images, segmentation))
 
 
 def detection_metrics(images: Sequence[ImageResult], metric_type: str = "voc", *, segmentation: bool = False,
@@ -236,9 +367,10 @@ def detection_metrics(images: Sequence[ImageResult], metric_type: str = "voc", *
     """Every metric of `metric_type` (see the module docstring), with `mean_average_precision`."""
     if metric_type not in METRIC_TYPES:
         raise ValueError(f"metric type must be one of {', '.join(METRIC_TYPES)}, got {metric_type!r}")
-    out: dict[str, Any] = dict(voc(images, segmentation=segmentation, score_threshold=score_threshold))
+    data = _dataset(images, segmentation)
+    out: dict[str, Any] = _voc(data, score_threshold, VOC_IOU)
     if metric_type in ("coco", "coco_voc"):
-        out.update(coco(images, segmentation=segmentation))
+        out.update(_coco(data))
     if metric_type == "coco":
         out.pop("voc_map")
         out["mean_average_precision"] = out["coco_map"] or 0.0
