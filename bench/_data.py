@@ -48,10 +48,11 @@ def write_photos(root: Storage, prefix: str, train: int, validation: int, width:
     return root.url(join(prefix, "train.jsonl")), root.url(join(prefix, "val.jsonl"))
 
 
-def write_spec(root: Storage, trial: str, train: str, val: str, seed: int = 0, **hyperparameters: Any) -> str:
+def write_spec(root: Storage, trial: str, train: str, val: str | None, seed: int = 0,
+               task: str = "image-classification", primary_metric: str = "accuracy", **hyperparameters: Any) -> str:
     hp = {"pretrained": 0, "early_stopping": 0, "warmup_cosine_lr_warmup_epochs": 0, **hyperparameters}
     root.write_json(join(trial, FILES.spec), {
-        "job_id": "bench", "trial_id": trial, "task": "image-classification", "primary_metric": "accuracy",
+        "job_id": "bench", "trial_id": trial, "task": task, "primary_metric": primary_metric,
         "training_data": train, "validation_data": val, "hyperparameters": hp, "output": root.url(trial),
         "seed": seed})
     return root.url(join(trial, FILES.spec))

@@ -70,9 +70,14 @@ def write_photos_fast(folder: str, train: int, validation: int) -> tuple[str, st
             f.write(photo(rng, 320, 240, tint))
         return split, json.dumps({"image_url": name, "label": label})
 
-    items = [("train", i) for i in range(train)] + [("val", i) for i in range(validation)]
+    return write_jsonl_files(folder, one, [("train", i) for i in range(train)] + [("val", i) for i in range(validation)])
+
+
+def write_jsonl_files(folder: str, write_image, items: list) -> tuple[str, str]:
+    """`write_image(item) -> (split, JSONL line)` run over `items` in threads (JPEG encoding releases
+    the GIL); the lines written as train.jsonl and val.jsonl, whose paths are returned."""
     with ThreadPoolExecutor(16) as pool:
-        lines = list(pool.map(one, items))
+        lines = list(pool.map(write_image, items))
     for split in ("train", "val"):
         with open(os.path.join(folder, f"{split}.jsonl"), "w") as f:
             f.write("\n".join(line for s, line in lines if s == split) + "\n")
@@ -83,7 +88,7 @@ def bare(model_name: str, channels_last: bool, steps: int = 30) -> float:
     device = torch.device("cuda")
     adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
     hp = hyperparameters.resolve(hyperparameters.Task.CLASSIFICATION, {"model_name": model_name})
-    model = adapter.build_model(model_name, 4, pretrained=False).to(device)
+    model = adapter.build_model({**hp, "pretrained": 0}, 4).to(device)
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loss_fn = adapter.loss(hp, [1] * 4, 1).to(device)
     optimizer = engine.build_optimizer(model.parameters(), hp)
@@ -91,28 +96,40 @@ def bare(model_name: str, channels_last: bool, steps: int = 30) -> float:
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 4, (BATCH,), device=device)
+    return steps * BATCH / timed_steps(model, loss_fn, optimizer, [(x, y)], steps)
+
+
+def timed_steps(model, loss_fn, optimizer, batches: list, steps: int, warmup: int = 10) -> float:
+    """Seconds of `steps` bf16 forward + backward + step on `batches` (in turn, already on the GPU),
+    after `warmup` untimed ones (cuDNN's kernel search, the allocator)."""
     model.train()
-    for i in range(steps + 10):
-        if i == 10:
+    for i in range(steps + warmup):
+        if i == warmup:
             torch.cuda.synchronize()
             started = time.perf_counter()
+        inputs, targets = batches[i % len(batches)]
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn(model, x, y)
+            loss = loss_fn(model, inputs, targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     torch.cuda.synchronize()
-    return steps * BATCH / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def trial(folder: str, name: str, train: str, val: str, model_name: str, epochs: int, compile_model: bool = False):
-    root = Storage(os.path.join(folder, "trials"))
     hp = {"model_name": model_name, "pretrained": 0, "number_of_epochs": epochs, "training_batch_size": BATCH,
           "validation_batch_size": BATCH, "early_stopping": 0, "warmup_cosine_lr_warmup_epochs": 0}
-    root.write_json(f"{name}/{FILES.spec}", {
-        "job_id": "gpu", "trial_id": name, "task": "image-classification", "primary_metric": "accuracy",
-        "training_data": train, "validation_data": val, "hyperparameters": hp, "output": root.url(name),
-        "seed": 0, "compile": compile_model})
+    return run_spec(folder, name, {"task": "image-classification", "primary_metric": "accuracy",
+                                   "training_data": train, "validation_data": val, "hyperparameters": hp,
+                                   "compile": compile_model})
+
+
+def run_spec(folder: str, name: str, spec: dict):
+    """Trial `name` of `spec` (task, data, hyperparameters) run here: (status, metrics per epoch, seconds)."""
+    root = Storage(os.path.join(folder, "trials"))
+    root.write_json(f"{name}/{FILES.spec}", {"job_id": "gpu", "trial_id": name, "output": root.url(name),
+                                             "seed": 0, **spec})
     started = time.perf_counter()
     status = run.run_trial(root.url(f"{name}/{FILES.spec}"))
     seconds = time.perf_counter() - started

@@ -24,8 +24,6 @@ import argparse
 import collections
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,9 @@ from automl_images.controller.launch.base import RunState
 from automl_images.controller.loop import Controller
 from automl_images.controller.store import Root
 from automl_images.trainer.report import FILES
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _moto import moto_server  # noqa: E402
 
 JOB = "history"
 SPACE = "  - learning_rate: loguniform(-7, -2)\n    momentum: uniform(0.5, 0.99)\n"
@@ -75,21 +76,6 @@ class Counter:
 
     def reset(self) -> None:
         self.requests.clear()
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
-    return server, f"http://127.0.0.1:{port}"
 
 
 def populate(root: Root, client, bucket: str, prefix: str, trials: int) -> None:
@@ -196,17 +182,12 @@ def main() -> None:
     with open(config, "w") as f:
         f.write("[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n")
     os.environ.update(AWS_CONFIG_FILE=config, AWS_SHARED_CREDENTIALS_FILE=os.path.join(home, "none"),
-                      AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                       AWS_EC2_METADATA_DISABLED="true", AUTOML_IMAGES_LOCAL_DIR=os.path.join(home, "local"))
-    server, endpoint = start_moto()
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    counter = Counter()
-    boto3.setup_default_session()
-    boto3.DEFAULT_SESSION.events.register("before-send", counter)  # the conditional creates
-    try:
+    with moto_server() as endpoint:
+        counter = Counter()
+        boto3.setup_default_session()
+        boto3.DEFAULT_SESSION.events.register("before-send", counter)  # the conditional creates
         results = {n: run(n, endpoint, counter) for n in args.trials}
-    finally:
-        server.terminate()
     print("\n" + f"{'pass':<22}" + "".join(f"{f'{n} trials':>22}" for n in results))
     for i, row in enumerate(next(iter(results.values()))):
         cells = "".join(f"{r[i]['requests']:>8} req {r[i]['seconds']:>6.2f} s " for r in results.values())

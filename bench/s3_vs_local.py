@@ -20,37 +20,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _data import timed_trial, write_photos, write_spec  # noqa: E402
+from _moto import moto_server  # noqa: E402
 
 from automl_images.trainer.storage import Storage  # noqa: E402
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        raise RuntimeError("the moto server did not start")
-    return server, f"http://127.0.0.1:{port}"
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -62,12 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     os.environ["AUTOML_IMAGES_THREADS"] = str(args.threads)
-    server, endpoint = start_moto()
-    saved_env = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                                "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
-    try:
+    with moto_server() as endpoint:
         import boto3
 
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
@@ -95,14 +69,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                     seconds[where].append(status["data_seconds"] + metrics[0]["train_seconds"])
                     training.append(metrics[0]["train_seconds"])
                     losses.add(metrics[0]["train_loss"])
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
     mean = statistics.median
     ratio = mean(seconds["local"]) / mean(seconds["s3"])

@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _data import timed_trial, write_photos, write_spec  # noqa: E402
 
-from automl_images.trainer import data, engine, hyperparameters, presets  # noqa: E402
+from automl_images.trainer import data, engine, hyperparameters  # noqa: E402
 from automl_images.trainer.storage import Storage  # noqa: E402
 from automl_images.trainer.tasks import get_adapter  # noqa: E402
 
@@ -53,7 +53,8 @@ def bare_run(model_name: str, hp: dict, batches: list[tuple[torch.Tensor, torch.
     """(wall seconds, CPU seconds) of the bare loop over `batches`."""
     adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
     engine.seed_everything(0)
-    model = engine.prepare_model(adapter.build_model(model_name, labels, pretrained=False), torch.device("cpu"))
+    model = engine.prepare_model(adapter.build_model({**hp, "model_name": model_name, "pretrained": 0}, labels),
+                                 torch.device("cpu"))
     loss_fn = adapter.loss(hp, [1] * labels, 1)
     optimizer = engine.build_optimizer(model.parameters(), hp)
     scheduler = engine.build_lr_scheduler(optimizer, hp, len(batches), 1)
@@ -68,21 +69,23 @@ def bare_run(model_name: str, hp: dict, batches: list[tuple[torch.Tensor, torch.
     return time.perf_counter() - started, time.process_time() - cpu_started
 
 
-def in_memory_batches(train_url: str, hp: dict, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`steps` batches as the trainer's first epochs draw them, decoded and normalised now."""
+def training_loader(train_url: str, hp: dict):
+    """The trainer's training loader over the JSONL's images, and the adapter."""
     adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
     records = data.read_jsonl(train_url, adapter.parse_label)
     samples, _ = data.fetch_images(records)
-    labels = sorted({r.label for r in records})
-    preprocessing = adapter.preprocessing(hp)
-    dataset = data.ImageDataset(samples, [labels.index(s.record.label) for s in samples],
-                                presets.train_transform(preprocessing, normalize=False), seed=0,
-                                min_size=preprocessing.resize_size)
-    loader = engine.make_loader(dataset, BATCH, train=True, device=torch.device("cpu"))
-    normalize = presets.BatchNormalize(preprocessing)
+    names = sorted({r.label for r in records})
+    dataset = adapter.dataset(samples, [names.index(s.record.label) for s in samples], hp, train=True)
+    return adapter, engine.make_loader(dataset, BATCH, train=True, device=torch.device("cpu"))
+
+
+def in_memory_batches(train_url: str, hp: dict, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`steps` batches as the trainer's first epochs draw them, decoded and normalised now."""
+    adapter, loader = training_loader(train_url, hp)
+    normalize = adapter.batch_transform(hp, torch.device("cpu"))
     batches, epoch = [], 1
     while len(batches) < steps:
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
         for inputs, targets in loader:
             batches.append((normalize(inputs), targets))
         epoch += 1
@@ -95,19 +98,12 @@ def interleaved(model_name: str, hp: dict, train_url: str, batches: list, labels
     after each of the trainer's steps, its `on_step` hook runs one bare step on the same batch,
     already in memory, with a second copy of the model. Load drifting over minutes hits both alike.
     Returns (trainer, bare) images per CPU-second."""
-    adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
-    records = data.read_jsonl(train_url, adapter.parse_label)
-    samples, _ = data.fetch_images(records)
-    names = sorted({r.label for r in records})
-    preprocessing = adapter.preprocessing(hp)
-    dataset = data.ImageDataset(samples, [names.index(s.record.label) for s in samples],
-                                presets.train_transform(preprocessing, normalize=False), seed=0,
-                                min_size=presets.decode_size(preprocessing, train=True))
-    loader = engine.make_loader(dataset, BATCH, train=True, device=torch.device("cpu"))
+    adapter, loader = training_loader(train_url, hp)
 
     def build():
         engine.seed_everything(0)
-        model = engine.prepare_model(adapter.build_model(model_name, labels, pretrained=False), torch.device("cpu"))
+        model = engine.prepare_model(adapter.build_model({**hp, "model_name": model_name, "pretrained": 0}, labels),
+                                     torch.device("cpu"))
         optimizer = engine.build_optimizer(model.parameters(), hp)
         return model, optimizer, engine.build_lr_scheduler(optimizer, hp, len(batches), 1)
 
@@ -131,10 +127,10 @@ def interleaved(model_name: str, hp: dict, train_url: str, batches: list, labels
 
     trained, loop_cpu = 0, 0.0
     for epoch in range(1, 1 + max(1, len(batches) // len(loader))):
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
         stats = engine.train_one_epoch(trainer_model, loss_fn, trainer_optimizer, trainer_scheduler, loader,
                                        torch.device("cpu"), on_step=bare_step,
-                                       prepare=presets.BatchNormalize(preprocessing))
+                                       prepare=adapter.batch_transform(hp, torch.device("cpu")))
         trained += stats["train_images"]
         loop_cpu += stats["train_cpu_seconds"]
     bare_images = sum(len(t) for _, t in batches[:position[0]])

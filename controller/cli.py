@@ -8,6 +8,7 @@
     automl-images cancel JOB --root URL
     automl-images trial run SPEC_URL
     automl-images evaluate --task TASK --labels LABELS.jsonl --predictions PREDICTIONS.jsonl
+    automl-images convert {coco,voc,yolo} SOURCE --images DIR --output OUT.jsonl [--task TASK] [--names FILE]
     automl-images demo [--root URL]
 
 `--root` defaults to $AUTOML_IMAGES_ROOT. Exit codes: 0 ok, 1 failed (job or trial), 2 invalid input.
@@ -77,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric-type", choices=("none", "coco", "voc", "coco_voc"),
                    help="object detection and instance segmentation: voc (default), coco or coco_voc")
 
+    p = commands.add_parser("convert", help="write COCO JSON, Pascal VOC XML or YOLO labels as our JSONL")
+    p.add_argument("format", choices=("coco", "voc", "yolo"))
+    p.add_argument("source", help="coco: the JSON file; voc: the folder of .xml files; yolo: the folder of .txt files")
+    p.add_argument("--images", required=True, help="the images' folder (COCO file names and VOC/YOLO "
+                   "label paths are relative to it)")
+    p.add_argument("--output", required=True, help="the JSONL file to write; image_url is relative to its folder")
+    p.add_argument("--task", default="image-object-detection", choices=("image-object-detection",
+                   "image-instance-segmentation", "image-multi-labeling"))
+    p.add_argument("--names", help="yolo: class names, a YAML file with `names:` or a text file of one per line")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+
     p = commands.add_parser("demo", help="a real sweep on handwritten digits, on this machine")
     p.add_argument("--root", default=None, help="bucket root (default ./demo-root)")
     p.add_argument("--trials", type=int, default=4)
@@ -94,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         from automl_images.trainer.evaluate import run_cli as evaluate_cli
 
         return evaluate_cli(args.task, args.labels, args.predictions, args.metric_type)
+    if args.command == "convert":
+        from automl_images.trainer.convert import run_cli as convert_cli
+
+        return convert_cli(args.format, args.source, args.images, args.output, args.task, args.names,
+                           args.overwrite)
     if args.command == "demo":
         from .demo import run_demo
 

@@ -395,7 +395,8 @@ class Controller:
             training_data=cache.data["training_data"], validation_data=cache.data.get("validation_data"),
             hyperparameters=spec.trial_hyperparameters(sweep["subspace"], sweep["params"]),
             output=self.root.trial_url(job_id, trial), seed=spec.seed * 1000 + index,
-            weights_cache=spec.weights_cache, datastores=spec.datastores, compile=spec.compile, sweep=sweep)
+            weights_cache=spec.weights_cache, datastores=spec.datastores, compile=spec.compile,
+            lenient_labels=spec.lenient_labels, sweep=sweep)
         created = self.root.storage.create_exclusive(self.root.trial_key(job_id, trial, FILES.spec),
                                                      trial_spec.to_json().encode())
         if not created:

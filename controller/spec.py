@@ -142,6 +142,7 @@ class JobSpec:
     weights_cache: str | None = None
     datastores: dict[str, str] = dataclasses.field(default_factory=dict)  # Azure datastore name → root URL
     compile: bool = False                     # torch.compile the model in every trial
+    lenient_labels: bool = False              # detection: clip and report out-of-bounds boxes, not refuse
     name: str | None = None
     sampling_options: SamplingOptions = SamplingOptions()
     warm_start: tuple[str, ...] = ()          # earlier job ids whose finished trials seed the sampler
@@ -359,6 +360,7 @@ _TOP = {
     "weights_cache": "folder or bucket prefix with pretrained weight files",
     "datastores": "Azure datastore names mapped to root URLs, for image_url AmlDatastore://<name>/<path>",
     "compile": "true: torch.compile the model in every trial",
+    "lenient_labels": "detection and segmentation: clip boxes and polygons slightly out of [0, 1] and report them",
     "sampling_options": "bayesian: estimator (gp | rf | et), n_initial_points",
     "warm_start": "earlier job ids whose finished trials seed bayesian sampling",
 }
@@ -427,6 +429,11 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     compile_model = top.get("compile", False)
     if not isinstance(compile_model, bool):
         check.add(("compile",), f"must be true or false, got {compile_model!r}")
+    lenient_labels = top.get("lenient_labels", False)
+    if not isinstance(lenient_labels, bool):
+        check.add(("lenient_labels",), f"must be true or false, got {lenient_labels!r}")
+    elif lenient_labels and task is not None and task.is_classification:
+        check.add(("lenient_labels",), f"applies to object detection and instance segmentation, not to {task.value}")
     sampling_options = _sampling_options(check, sampling, top.get("sampling_options"))
     warm_start = _warm_start(check, sampling, top.get("warm_start"),
                              ("resume_from",) if "resume_from" in data else ("warm_start",))
@@ -450,8 +457,8 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     return JobSpec(task=task, training_data=training_data, validation_data=validation_data,
                    primary_metric=primary_metric, sampling=sampling, search_space=tuple(search_space),
                    arguments=arguments, limits=limits, compute=compute, early_termination=early, seed=seed,
-                   weights_cache=weights_cache, name=name, datastores=datastores, compile=compile_model is True, sampling_options=sampling_options,
-                   warm_start=warm_start)
+                   weights_cache=weights_cache, name=name, datastores=datastores, compile=compile_model is True,
+                   lenient_labels=lenient_labels is True, sampling_options=sampling_options, warm_start=warm_start)
 
 
 def _datastores(check: _Checker, raw: Any) -> dict[str, str]:
@@ -695,8 +702,6 @@ def _hyperparameter_problem(task: Task, name: str, model_names: list[str]) -> st
         wrong = [m for m in model_names if m not in definition.models]
         if wrong:
             return f"{name} applies only to {', '.join(definition.models)}, not to {', '.join(wrong)}"
-    if not definition.honoured:
-        return f"{name} is known but not yet honoured by this trainer version; remove it rather than have it ignored"
     return None
 
 
@@ -786,10 +791,6 @@ def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list
         elif task not in models.MODELS[name].tasks:
             check.add(path, f"model {name!r} does not apply to {task.value}; models for it: {', '.join(task_models)}")
         else:
-            if not models.MODELS[name].available:
-                ready = [m.name for m in models.models_for(task) if m.available]
-                check.add(path, f"model {name!r} is known but not yet available in this trainer version; "
-                                f"available for {task.value}: {', '.join(ready) or 'none yet'}")
             out.append(name)
     return out
 

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -99,3 +100,21 @@ def shared_dataset(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (the shared datasets sit beside the checkout, not in it)")
     return path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on 2 shared cores, two threads competing with other work ran several times
+    slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def trial_process(one_torch_thread, monkeypatch, tmp_path):
+    """A trial run in this process as the local launcher runs one: one torch thread, and an image
+    cache of its own."""
+    monkeypatch.setenv("AUTOML_IMAGES_THREADS", "1")
+    monkeypatch.setenv("AUTOML_IMAGES_IMAGE_CACHE", str(tmp_path / "image-cache"))

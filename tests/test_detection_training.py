@@ -14,11 +14,12 @@ from torchvision.transforms import v2 as T
 
 from automl_images.trainer import engine
 from automl_images.trainer.detection_labels import DetectionLabel, DetectionObject
+from automl_images.trainer.masks import polygon_mask
 from automl_images.trainer.tasks.detection import (DETECTORS, DetectionAdapter, DetectionTransform,
-                                                   SegmentationAdapter, build_detector, polygon_mask)
+                                                   SegmentationAdapter, build_detector)
 
 HP = {"min_size": 64, "max_size": 96, "box_score_thresh": 0.0, "box_nms_thresh": 0.5,
-      "box_detections_per_img": 20, "validation_metric_type": "coco_voc"}
+      "box_detections_per_img": 20, "validation_metric_type": "coco_voc", "pretrained": 0}
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220)}
 
 
@@ -95,9 +96,9 @@ def test_every_detector_builds_with_the_head_settings(name):
 def test_adapters_refuse_a_model_of_the_other_task():
     from automl_images.trainer.config import SpecError
     with pytest.raises(SpecError, match="maskrcnn_resnet50_fpn"):
-        DetectionAdapter().build_model("maskrcnn_resnet50_fpn", 2, False, HP)
+        DetectionAdapter().build_model({**HP, "model_name": "maskrcnn_resnet50_fpn"}, 2)
     with pytest.raises(SpecError, match="fasterrcnn_resnet18_fpn"):
-        SegmentationAdapter().build_model("fasterrcnn_resnet18_fpn", 2, False, HP)
+        SegmentationAdapter().build_model({**HP, "model_name": "fasterrcnn_resnet18_fpn"}, 2)
 
 
 @pytest.mark.parametrize("adapter, name", [
@@ -109,17 +110,18 @@ def test_trains_and_evaluates_through_the_engine(adapter, name):
     items = rectangles(6)
     labels = sorted({c for _, label in items for c in adapter.classes_of(label)})
     class_index = {c: i for i, c in enumerate(labels)}
-    train = DataLoader(_Pairs(items[:4], adapter.transform(train=True), class_index), batch_size=2,
+    segmentation = adapter.segmentation
+    train = DataLoader(_Pairs(items[:4], DetectionTransform(True, segmentation), class_index), batch_size=2,
                        collate_fn=adapter.collate)
-    val = DataLoader(_Pairs(items[4:], adapter.transform(train=False), class_index), batch_size=2,
+    val = DataLoader(_Pairs(items[4:], DetectionTransform(False, segmentation), class_index), batch_size=2,
                      collate_fn=adapter.collate)
-    model = adapter.build_model(name, len(labels), False, HP)
+    model = adapter.build_model({**HP, "model_name": name}, len(labels))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     started = time.perf_counter()
     stats = engine.train_one_epoch(model, adapter.loss(HP, []), optimizer, scheduler, train, torch.device("cpu"))
     assert stats["train_steps"] == 2 and stats["train_images"] == 4 and np.isfinite(stats["train_loss"])
-    metrics = engine.evaluate(model, val, adapter.evaluator(labels, HP), torch.device("cpu"))
+    metrics = engine.evaluate(model, val, adapter.evaluator(labels, None, HP), torch.device("cpu"))
     assert 0.0 <= metrics["mean_average_precision"] <= 1.0
     assert "coco_map" in metrics and "voc_map" in metrics and set(metrics["per_class"]) <= set(labels)
     print(f"{name}: {time.perf_counter() - started:.1f}s for 2 steps and evaluation")
@@ -150,7 +152,7 @@ def test_predictions_are_what_evaluate_reads():
     from automl_images.trainer.detection_labels import parse_detection_label
     output = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0], [0.0, 0.0, 50.0, 40.0]]),
               "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.4])}
-    [line] = DetectionAdapter().predictions([output], ["blue", "red"], [(20, 40)])
+    [line] = DetectionAdapter().predictions([output], ["blue", "red"], {}, [(20, 40)])
     label = parse_detection_label(line["label"], scored=True)
     assert [(o.label, o.box, o.score) for o in label.objects] == [
         ("red", (0.25, 0.25, 0.75, 1.0), pytest.approx(0.9)), ("blue", (0.0, 0.0, 1.0, 1.0), pytest.approx(0.4))]

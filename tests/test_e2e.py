@@ -105,3 +105,42 @@ def test_submit_rejects_invalid_job_without_touching_the_root(local_root, tmp_pa
     assert result.returncode == 2
     assert f"{job}:1: task: unknown task 'image-clasification' (did you mean 'image-classification'?)" in result.stderr
     assert not os.path.exists(local_root)
+
+
+@pytest.mark.slow
+def test_detection_sweep_end_to_end(tmp_path):
+    """A detection job from the job file to the leaderboard, through the same controller and the
+    same trial subprocess as classification."""
+    from automl_images.trainer.storage import Storage
+    from trial_data import write_detection_dataset
+
+    write_detection_dataset(Storage(str(tmp_path / "data")), prefix="")
+    job = tmp_path / "data" / "job.yaml"
+    job.write_text("""\
+task: image-object-detection
+training_data: train.jsonl
+validation_data: val.jsonl
+primary_metric: mean_average_precision
+sampling: random
+limits: {max_trials: 2, max_concurrent_trials: 1}
+arguments:
+  pretrained: 0
+  number_of_epochs: 1
+  min_size: 64
+  max_size: 96
+  validation_metric_type: coco_voc
+search_space:
+  - model_name: fasterrcnn_resnet18_fpn
+    learning_rate: uniform(0.001, 0.01)
+""")
+    root_url = str(tmp_path / "bucket")
+    submitted = cli("submit", str(job), "--root", root_url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    assert f"job {job_id}: completed" in run_to_completion(root_url).stdout
+    board = json.loads(cli("leaderboard", job_id, "--root", root_url, "--format", "json").stdout)
+    assert board["primary_metric"] == "mean_average_precision"
+    assert [row["status"] for row in board["trials"]] == ["completed", "completed"]
+    assert all(0.0 <= row["metrics"]["mean_average_precision"] <= 1.0 for row in board["trials"])
+    root = Root(root_url)
+    assert root.storage.read_json(root.best(job_id, "model.json"))["task"] == "image-object-detection"

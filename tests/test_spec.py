@@ -223,19 +223,6 @@ def test_model_of_another_task():
     assert "yolov5" not in p.message.split("models for it: ")[1]
 
 
-def test_known_but_unavailable_model():
-    unavailable = [m for m in models.MODELS.values() if not m.available]
-    if not unavailable:
-        pytest.skip("every known model is available")
-    info = unavailable[0]
-    task = info.tasks[0]
-    ready = [m.name for m in models.models_for(task) if m.available]
-    p = problem(f"task: {task.value}\ntraining_data: train.jsonl\nsearch_space:\n  - model_name: {info.name}\n",
-                "search_space[0].model_name", 4, f"model '{info.name}' is known but not yet available",
-                f"available for {task.value}: {', '.join(ready) or 'none yet'}")
-    assert info.name not in p.message.split("available for")[1]
-
-
 def test_every_classification_model_is_available():
     names = [m.name for m in models.models_for(Task.CLASSIFICATION)]
     assert {"seresnext", "vits16r224", "vitb16r224", "vitl16r224"} <= set(names)
@@ -298,31 +285,38 @@ def test_model_specific_hyperparameter_in_search_space_is_reported():
     assert messages and "applies only to yolov5" in messages[0]
 
 
-def test_not_yet_honoured_hyperparameter_in_arguments():
-    text = job("""
+def test_detection_settings_and_tiles_are_taken_and_resolved():
+    spec = parse_job(job("""
         task: image-object-detection
         training_data: train.jsonl
+        lenient_labels: true
         arguments:
           validation_metric_type: coco
-        """)
-    error = rejection(text)
-    p = next(p for p in error.problems if p.path == "arguments.validation_metric_type")
-    assert p.line == 4
-    assert "validation_metric_type is known but not yet honoured" in p.message
-    assert "remove it" in p.message
-    # Detection models are not available yet either: that is reported too.
-    assert any("not yet available" in p.message for p in error.problems if p.path.endswith("model_name"))
-
-
-def test_not_yet_honoured_hyperparameter_in_search_space():
-    text = job("""
-        task: image-object-detection
-        training_data: train.jsonl
+          tile_grid_size: " 3X2 "
         search_space:
-          - validation_metric_type: choice(coco, voc)
-        """)
-    messages = [p.message for p in rejection(text).problems if p.path == "search_space[0].validation_metric_type"]
-    assert messages and "not yet honoured" in messages[0]
+          - model_name: fasterrcnn_resnet18_fpn
+            tile_overlap_ratio: uniform(0.1, 0.3)
+        """), SOURCE)
+    assert spec.lenient_labels is True
+    assert spec.arguments["tile_grid_size"] == "3x2"      # written as the trainer reads it
+
+
+@pytest.mark.parametrize("lines, path, fragment", [
+    ("arguments:\n  tile_grid_size: 3\n", "arguments.tile_grid_size", "COLUMNSxROWS"),
+    ("arguments:\n  tile_grid_size: 0x2\n", "arguments.tile_grid_size", "positive whole numbers"),
+    ("arguments:\n  tile_overlap_ratio: 1.0\n", "arguments.tile_overlap_ratio", "[0, 1)"),
+    ("search_space:\n  - model_name: yolov5\n    tile_grid_size: 2x2\n", "search_space[0].tile_grid_size",
+     "applies only to"),
+    ("lenient_labels: yes please\n", "lenient_labels", "must be true or false"),
+])
+def test_detection_settings_refused(lines, path, fragment):
+    text = "task: image-object-detection\ntraining_data: train.jsonl\n" + lines
+    messages = [p.message for p in rejection(text).problems if p.path == path]
+    assert messages and fragment in messages[0], rejection(text)
+
+
+def test_lenient_labels_is_for_detection_tasks():
+    problem(BASE + "lenient_labels: true\n", "lenient_labels", 3, "not to image-classification")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -699,3 +693,9 @@ def test_cli_validate(tmp_path):
 
     result = _cli("validate", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_the_readme_table_is_the_registry():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert hps.markdown_table() in readme, "regenerate it: python -c 'from automl_images.trainer." \
+                                           "hyperparameters import markdown_table; print(markdown_table())'"

@@ -23,7 +23,7 @@ import time
 import pytest
 import torch
 
-from automl_images.trainer import checkpoint, data, distributed, engine, presets, run
+from automl_images.trainer import checkpoint, data, distributed, engine, run
 from automl_images.trainer.config import TrialSpec
 from automl_images.trainer.report import FILES
 from automl_images.trainer.storage import Storage
@@ -54,17 +54,16 @@ def evaluate_saved_weights(trial: Storage, spec_url: str, weights: dict) -> dict
     samples, skipped = data.fetch_images(records)
     assert not skipped
     class_index = {name: i for i, name in enumerate(labels)}
-    preprocessing = adapter.preprocessing(spec.hyperparameters)
-    dataset = data.ImageDataset(samples, [adapter.encode(s.record.label, class_index) for s in samples],
-                                presets.eval_transform(preprocessing, normalize=False),
-                                min_size=preprocessing.resize_size)
-    model = adapter.build_model(spec.hyperparameters["model_name"], len(labels), pretrained=False)
+    hp = {**spec.hyperparameters, "pretrained": 0}
+    dataset = adapter.dataset(samples, [adapter.encode(s.record.label, class_index) for s in samples], hp,
+                              train=False)
+    model = adapter.build_model(hp, len(labels))
     model.load_state_dict(weights)
     loss = adapter.loss(spec.hyperparameters, [1] * len(labels), len(samples))
     loader = engine.make_loader(dataset, spec.hyperparameters["validation_batch_size"], train=False,
                                 device=torch.device("cpu"))
-    return engine.evaluate(model, loader, adapter.evaluator(labels, loss), torch.device("cpu"),
-                           prepare=presets.BatchNormalize(preprocessing))
+    return engine.evaluate(model, loader, adapter.evaluator(labels, loss, hp), torch.device("cpu"),
+                           prepare=adapter.batch_transform(hp, torch.device("cpu")))
 
 
 @slow

@@ -155,5 +155,34 @@ def test_unknown_settings_name_the_hyperparameter():
                                   {**hp(), "lr_scheduler": "linear"}, 1, 1)
     with pytest.raises(SpecError, match="hyperparameters.crop_size"):
         get_adapter(Task.CLASSIFICATION).preprocessing(hp(resize_size=32, crop_size=64))
-    with pytest.raises(SpecError, match="not implemented"):
-        get_adapter(Task.OBJECT_DETECTION)
+    with pytest.raises(SpecError, match="lenient_labels"):
+        get_adapter(Task.CLASSIFICATION, lenient_labels=True)
+
+
+@pytest.mark.parametrize("size, batch", [(10, 3), (9, 2), (7, 4), (1, 2), (5, 1)])
+def test_batches_are_grouped_by_aspect_ratio_and_depend_on_seed_and_epoch_only(size, batch):
+    groups = [i % 3 for i in range(size)]
+    sampler = engine.EpochBatchSampler(engine.EpochSampler(size, seed=4), batch, groups)
+    sampler.set_epoch(2)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == math.ceil(size / batch) - (batch > 1 and size % batch == 1)
+    items = [item for b in batches for item in b]
+    assert len(set(items)) == len(items) and {e for e, _ in items} <= {2}
+    again = engine.EpochBatchSampler(engine.EpochSampler(size, seed=4), batch, groups)
+    again.set_epoch(2)
+    assert list(again) == batches
+    again.set_epoch(3)
+    assert size < 3 or list(again) != batches
+
+
+def test_grouped_batches_hold_one_group_until_the_leftovers():
+    groups = [0, 1] * 8
+    sampler = engine.EpochBatchSampler(engine.EpochSampler(16, seed=0), 4, groups)
+    sampler.set_epoch(1)
+    assert [len({groups[i] for _, i in b}) for b in sampler] == [1, 1, 1, 1]
+
+
+def test_aspect_ratio_groups_bin_like_torchvision():
+    sizes = [(100, 300), (100, 190), (100, 100), (101, 100), (200, 100), (500, 100)]
+    # bisect_right over the bin edges 2 ** linspace(-1, 1, 7), as torchvision's _quantize: 1:1 is bin 4.
+    assert engine.aspect_ratio_groups(sizes) == [0, 1, 4, 4, 7, 7]

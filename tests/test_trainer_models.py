@@ -15,12 +15,7 @@ from automl_images.trainer.hyperparameters import Task
 from automl_images.trainer.tasks import get_adapter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def forward(model: torch.nn.Module, size: int = 224) -> torch.Tensor:
@@ -124,9 +119,9 @@ def test_freeze_seresnext_stem_and_first_stage():
     assert "layer1.0.se.fc1.weight" in frozen_names(model)
 
 
-def test_every_available_classifier_lists_its_freezable_layers():
-    for info in models.models_for(Task.CLASSIFICATION):
-        assert info.available and info.freezable_layers, info.name
+def test_every_model_but_yolov5_lists_its_freezable_layers():
+    for info in models.MODELS.values():
+        assert bool(info.freezable_layers) == (info.name != "yolov5"), info.name
     assert len(models.get("vitl16r224").freezable_layers) == 25
     assert len(models.get("vitb16r224").freezable_layers) == 13
 
@@ -149,7 +144,7 @@ def test_weights_for_models_without_a_download_come_from_the_cache(tmp_path, mon
 def test_the_adapter_reports_missing_weights_as_a_user_error(tmp_path):
     adapter = get_adapter(Task.CLASSIFICATION)
     with pytest.raises(SpecError, match="hyperparameters.pretrained: .*vit_s_16.pth"):
-        adapter.build_model("vits16r224", 3, pretrained=True, weights_cache=str(tmp_path))
+        adapter.build_model({"model_name": "vits16r224", "pretrained": 1}, 3, weights_cache=str(tmp_path))
 
 
 HP = {"resize_size": 256, "weighted_loss": 0}

@@ -46,13 +46,7 @@ def write_dataset(folder: Path, train: int = 24, validation: int = 12, size: int
     return str(folder / "train.jsonl"), str(folder / "val.jsonl")
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    before = torch.get_num_threads()
-    monkeypatch.setenv("AUTOML_IMAGES_THREADS", "1")
-    monkeypatch.setenv("AUTOML_IMAGES_IMAGE_CACHE", str(tmp_path / "image-cache"))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("trial_process")
 
 
 # -- labels ------------------------------------------------------------------------------------------

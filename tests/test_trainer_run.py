@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from automl_images.trainer import checkpoint, export, run
@@ -43,14 +42,7 @@ def dataset(tmp_path):
     return make_dataset(tmp_path / "data")
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    """Like the local launcher: one thread per trial; and a private image cache."""
-    before = torch.get_num_threads()
-    monkeypatch.setenv("AUTOML_IMAGES_THREADS", "1")
-    monkeypatch.setenv("AUTOML_IMAGES_IMAGE_CACHE", str(tmp_path / "image-cache"))
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("trial_process")
 
 
 def write_spec(folder, dataset, validation: bool = True, **hyperparameters) -> str:
@@ -237,7 +229,7 @@ def test_validation_class_unseen_in_training_fails(tmp_path, dataset):
 def test_bad_settings_are_user_errors(tmp_path, dataset):
     status = run.run_trial(write_spec(tmp_path / "trial", dataset, model_name="yolov5"))
     assert status["status"] == "failed" and status["error"]["kind"] == "user"
-    assert "model_name" in status["error"]["message"] and "not available" in status["error"]["message"]
+    assert "model_name" in status["error"]["message"] and "not a model for image-classification" in status["error"]["message"]
 
 
 def test_invalid_spec_exits_3_and_marks_the_trial_failed(tmp_path, dataset, capsys):

@@ -35,6 +35,8 @@ class TrialSpec:
     # Azure datastore names → root URLs, for image_url values `AmlDatastore://<name>/<path>`.
     datastores: dict[str, str] = field(default_factory=dict)
     compile: bool = False              # torch.compile the model (a trainer option, not an Azure one)
+    # Detection labels: boxes and polygons a little out of bounds clipped and reported, not refused.
+    lenient_labels: bool = False
     # What the sampler chose for this trial (subspace index and sampled values): for people and the
     # leaderboard; the trainer runs `hyperparameters`, which already include them.
     sweep: dict[str, Any] = field(default_factory=dict)
@@ -77,8 +79,9 @@ class TrialSpec:
         if not isinstance(datastores, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in datastores.items()):
             raise SpecError(f"trial spec field 'datastores': must map datastore names to root URLs, got {datastores!r}")
-        if not isinstance(data.get("compile", False), bool):
-            raise SpecError(f"trial spec field 'compile': must be true or false, got {data['compile']!r}")
+        for flag in ("compile", "lenient_labels"):
+            if not isinstance(data.get(flag, False), bool):
+                raise SpecError(f"trial spec field {flag!r}: must be true or false, got {data[flag]!r}")
         fields = {k: v for k, v in data.items() if k in known}
         fields["datastores"] = dict(datastores)
         fields["task"] = task

@@ -342,6 +342,17 @@ def open_image(path: str | IO[bytes], min_size: int | None = None) -> Image.Imag
         return to_rgb(image)
 
 
+def image_size(path: str, min_size: int | None = None) -> tuple[int, int]:
+    """(width, height) of `open_image(path, min_size)`, from the file's header alone: the JPEG
+    draft scale is chosen without decoding, and EXIF rotations swap the sides."""
+    with Image.open(path) as image:
+        if min_size and image.format == "JPEG":
+            image.draft(None, (min_size, min_size))
+        width, height = image.size
+        # Orientations 5 to 8 are rotations by 90 or 270 degrees.
+        return (height, width) if image.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (width, height)
+
+
 def _check_image(path: str, details: ImageDetails | None) -> str | None:
     """Decode the image fully (at the smallest JPEG scale: every byte is still decoded, so a
     truncated file fails); returns what `details` got wrong, if anything."""
@@ -466,6 +477,9 @@ class ImageDataset:
     Indexed by (epoch, index) (see engine.EpochSampler), the random transform is seeded from
     (seed, epoch, index): an image gets the same augmentation in a resumed epoch, in any loader
     worker, in any process. The global RNG is left as it was (the model's dropout draws from it)."""
+
+    # Per index, the group a training batch is drawn from (engine.EpochBatchSampler); None: any.
+    group_ids: list[int] | None = None
 
     def __init__(self, samples: Sequence[Sample], targets: Sequence[Any], transform: Callable,
                  seed: int = 0, min_size: int | None = None):

@@ -40,10 +40,10 @@ import numpy as np
 from . import metrics
 from .hyperparameters import Task
 from .labels import PARSERS as LABEL_PARSERS
+from .problems import Problems
 from .storage import filesystem, resolve, with_retries
 
 SUM_TOLERANCE = 0.01      # multi-class scores must sum to 1 within this
-MAX_ERRORS_LISTED = 20    # problems listed in one error; the rest are counted
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 EVALUATED_TASKS = (Task.CLASSIFICATION, Task.MULTI_LABEL, Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION)
 DETECTION_METRIC_TYPES = ("voc", "coco", "coco_voc")
@@ -66,21 +66,7 @@ class _Line:
         return f"{self.source}:{self.line}"
 
 
-class _Problems:
-    def __init__(self):
-        self.items: list[str] = []
-
-    def add(self, where: str, field: str | None, message: str) -> None:
-        self.items.append(f"{where}: field '{field}': {message}" if field else f"{where}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            more = len(self.items) - MAX_ERRORS_LISTED
-            listed = "\n".join(self.items[:MAX_ERRORS_LISTED])
-            raise EvaluationError(listed + (f"\nand {more} more problem(s)" if more > 0 else ""))
-
-
-def _read_lines(url: str, problems: _Problems) -> list[tuple[int, dict[str, Any]]]:
+def _read_lines(url: str, problems: Problems) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) of every non-blank line of a JSONL file whose line is an object with an
     image_url; the other lines become problems."""
     fs, path = filesystem(url)
@@ -116,7 +102,7 @@ def _read_lines(url: str, problems: _Problems) -> list[tuple[int, dict[str, Any]
     return out
 
 
-def _unique(lines: list[_Line], problems: _Problems) -> dict[str, _Line]:
+def _unique(lines: list[_Line], problems: Problems) -> dict[str, _Line]:
     by_url: dict[str, _Line] = {}
     for line in lines:
         if line.image_url in by_url:
@@ -141,7 +127,7 @@ def _scores(value: Any) -> tuple[dict[str, float] | None, str | None]:
     return out, None
 
 
-def read_labels(url: str, task: Task, problems: _Problems) -> list[_Line]:
+def read_labels(url: str, task: Task, problems: Problems) -> list[_Line]:
     parse_label = LABEL_PARSERS[task]
     lines = []
     for number, obj in _read_lines(url, problems):
@@ -158,7 +144,7 @@ def read_labels(url: str, task: Task, problems: _Problems) -> list[_Line]:
     return lines
 
 
-def read_predictions(url: str, problems: _Problems) -> list[_Line]:
+def read_predictions(url: str, problems: Problems) -> list[_Line]:
     lines = []
     for number, obj in _read_lines(url, problems):
         scores, error = _scores(obj.get("scores"))
@@ -186,7 +172,7 @@ def evaluate_files(task: Task | str, labels_url: str, predictions_url: str,
         raise EvaluationError("--metric-type applies to image-object-detection and image-instance-segmentation "
                               f"only, not to {task.value}")
 
-    problems = _Problems()
+    problems = Problems(EvaluationError)
     labels = _unique(read_labels(labels_url, task, problems), problems)
     predictions = _unique(read_predictions(predictions_url, problems), problems)
     problems.raise_if_any()
@@ -236,7 +222,7 @@ def evaluate_files(task: Task | str, labels_url: str, predictions_url: str,
     return {"task": task.value, **result}
 
 
-def _image_size(obj: dict[str, Any], labels_url: str, where: str, problems: _Problems,
+def _image_size(obj: dict[str, Any], labels_url: str, where: str, problems: Problems,
                 need: bool) -> tuple[int, int] | None:
     """(width, height) in pixels from `image_details`, else the image's header; (1, 1) when not
     `need`ed and not given (VOC boxes: IoU does not change with the scale)."""
@@ -269,7 +255,7 @@ def _evaluate_detection(task: Task, labels_url: str, predictions_url: str, metri
                               f"{task.value}, got {metric_type!r}")
     segmentation = task is Task.INSTANCE_SEGMENTATION
     need_size = segmentation or metric_type != "voc"
-    problems = _Problems()
+    problems = Problems(EvaluationError)
 
     def read(url: str, scored: bool) -> list[_Line]:
         parse = parser(task, scored=scored)

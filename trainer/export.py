@@ -15,21 +15,21 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from . import data, presets
+from . import data
 from .hyperparameters import Task
 from .report import FILES
 from .storage import Storage, filesystem, with_retries
 from .tasks import get_adapter
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: the trial's hyperparameters and decode_size
 _WEIGHTS = FILES.model_weights.rsplit("/", 1)[-1]   # model.pt
 _INFO = FILES.model_info.rsplit("/", 1)[-1]         # model.json
 
 
 def export_model(storage: Storage, weights: dict[str, torch.Tensor], info: dict[str, Any]) -> None:
     """Write the model into the trial folder `storage`. `info` holds task, model_name, labels,
-    preprocessing, primary_metric, best_metric and epoch, and the task's own fields (multi-label:
-    threshold)."""
+    hyperparameters, decode_size, primary_metric, best_metric and epoch, and the task's own fields
+    (classification: preprocessing; multi-label: threshold)."""
     buffer = io.BytesIO()
     torch.save(weights, buffer)
     storage.write_bytes(FILES.model_weights, buffer.getvalue())
@@ -50,13 +50,13 @@ class LoadedModel:
     def predict(self, images: Sequence[str | bytes | Image.Image], batch_size: int = 32) -> list[dict[str, Any]]:
         """Predictions for images given as paths/URLs, encoded bytes or PIL images, in order."""
         adapter = get_adapter(Task(self.info["task"]))
-        preprocessing = presets.Preprocessing.from_dict(self.info["preprocessing"])
-        transform = presets.eval_transform(preprocessing)
+        model = adapter.inference_model(self.model, self.info["hyperparameters"])
         out: list[dict[str, Any]] = []
         for start in range(0, len(images), batch_size):
-            batch = torch.stack([transform(_as_rgb(image, preprocessing.resize_size))
-                                 for image in images[start:start + batch_size]])
-            out.extend(adapter.predictions(self.model(batch), self.labels, self.info))
+            decoded = [_as_rgb(image, self.info.get("decode_size")) for image in images[start:start + batch_size]]
+            outputs = model(adapter.inputs(decoded, self.info))
+            out.extend(adapter.predictions(outputs, self.labels, self.info,
+                                           [(image.height, image.width) for image in decoded]))
         return out
 
 
@@ -81,7 +81,7 @@ def load_model(source: Storage | str) -> LoadedModel:
     if info is None:
         raise FileNotFoundError(f"{storage.url(_INFO)}: no exported model here")
     adapter = get_adapter(Task(info["task"]))
-    model = adapter.build_model(info["model_name"], len(info["labels"]), pretrained=False)
+    model = adapter.build_model({**info["hyperparameters"], "pretrained": 0}, len(info["labels"]))
     weights = torch.load(io.BytesIO(storage.read_bytes(_WEIGHTS)), map_location="cpu", weights_only=True)
     model.load_state_dict(weights)
     model.eval()

@@ -2,12 +2,13 @@
 
 One registry, owned by the trainer: the controller validates job files against it, the trainer
 resolves each trial's settings from it, and the README's table is generated from the same data.
-`honoured` says whether this trainer acts on the setting today: a job that sets one it does not
-is refused (never silently ignored).
+A setting the trainer does not act on is not in the registry: a job that sets it is refused,
+never silently ignored.
 """
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -48,6 +49,7 @@ class Kind(str, enum.Enum):
     FLAG = "flag"      # 0 or 1 (Azure writes booleans this way); true/false accepted
     CHOICE = "choice"  # one of `choices`
     TEXT = "text"      # free text (a model name is checked against the model registry)
+    GRID = "grid"      # "COLUMNSxROWS", e.g. "3x2"
 
 
 Default = Any | Callable[[Task, str], Any]  # a value, or a function of (task, model_name)
@@ -62,10 +64,10 @@ class Hyperparameter:
     low: float | None = None          # inclusive bounds for INT and FLOAT
     high: float | None = None
     low_exclusive: bool = False       # "positive integer" and (0, 1] style bounds
+    high_exclusive: bool = False      # [0, 1) style bounds
     choices: tuple[str, ...] = ()
     tasks: tuple[Task, ...] = ALL_TASKS
     models: tuple[str, ...] = ()      # empty: every model of the task
-    honoured: bool = True             # False: known to the schema, not yet acted on by the trainer
 
     def default_for(self, task: Task, model_name: str) -> Any:
         return self.default(task, model_name) if callable(self.default) else self.default
@@ -80,11 +82,13 @@ class Hyperparameter:
             return "0 or 1"
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.kind is Kind.GRID:
+            return "COLUMNSxROWS, e.g. 3x2"
         if self.low is None and self.high is None:
             return "any"
         left = "(" if self.low_exclusive else "["
         high = "∞" if self.high is None else _fmt(self.high)
-        right = ")" if self.high is None else "]"
+        right = ")" if self.high is None or self.high_exclusive else "]"
         return f"{'integer ' if self.kind is Kind.INT else ''}{left}{_fmt(self.low)}, {high}{right}"
 
     def check(self, value: Any) -> tuple[Any, str | None]:
@@ -105,6 +109,11 @@ class Hyperparameter:
             if not isinstance(value, str) or not value:
                 return value, f"must be a non-empty string, got {value!r}"
             return value, None
+        if self.kind is Kind.GRID:
+            match = _GRID.match(value) if isinstance(value, str) else None
+            if not match or min(int(match[1]), int(match[2])) < 1:
+                return value, f"must be COLUMNSxROWS with positive whole numbers (e.g. 3x2), got {value!r}"
+            return f"{int(match[1])}x{int(match[2])}", None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):
                 try:
@@ -122,9 +131,12 @@ class Hyperparameter:
             value = float(value)
         if self.low is not None and (value < self.low or (self.low_exclusive and value == self.low)):
             return value, f"must be in {self.range_text()}, got {value!r}"
-        if self.high is not None and value > self.high:
+        if self.high is not None and (value > self.high or (self.high_exclusive and value == self.high)):
             return value, f"must be in {self.range_text()}, got {value!r}"
         return value, None
+
+
+_GRID = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 
 def _fmt(x: float | None) -> str:
@@ -168,7 +180,9 @@ _REGISTRY: tuple[Hyperparameter, ...] = (
     Hyperparameter("model_name", Kind.TEXT, "Model architecture (see the model list).",
                    default=lambda task, _model: DEFAULT_MODELS[task]),
     Hyperparameter("pretrained", Kind.FLAG, "Start from pretrained weights (weights cache first, then "
-                   "the library's download); 0 trains from scratch.", default=1),
+                   "the library's download); 0 trains from scratch. yolov5: 0 (no weights are "
+                   "published under a licence we can ship; 1 loads them from the weights cache).",
+                   default=lambda _task, model: 0 if model == "yolov5" else 1),
     # --- model-agnostic ------------------------------------------------------------------------
     _positive_int("number_of_epochs", "Number of training epochs.", _per_task(15, 15, 15, 30)),
     _positive_int("training_batch_size", "Training batch size.", _per_task(78, 78, 2, 16)),
@@ -206,27 +220,34 @@ _REGISTRY: tuple[Hyperparameter, ...] = (
     _positive_int("crop_size", "Crop size fed to the network.", 224, tasks=CLASSIFICATION_TASKS),
     # --- detection and segmentation (all models) -------------------------------------------------
     Hyperparameter("validation_metric_type", Kind.CHOICE, "Metric computation for validation.", "voc",
-                   choices=("none", "coco", "voc", "coco_voc"), tasks=DETECTION_TASKS, honoured=False),
+                   choices=("none", "coco", "voc", "coco_voc"), tasks=DETECTION_TASKS),
     _positive_int("min_size", "Minimum image size fed to the backbone.", 600, tasks=DETECTION_TASKS,
-                  models=_DETECTION_NOT_YOLO, honoured=False),
+                  models=_DETECTION_NOT_YOLO),
     _positive_int("max_size", "Maximum image size fed to the backbone.", 1333, tasks=DETECTION_TASKS,
-                  models=_DETECTION_NOT_YOLO, honoured=False),
+                  models=_DETECTION_NOT_YOLO),
     _unit_float("box_score_thresh", "Score threshold for returned boxes.",
-                _per_task(None, None, 0.3, 0.1), tasks=DETECTION_TASKS, honoured=False),
+                _per_task(None, None, 0.3, 0.1), tasks=DETECTION_TASKS),
     _unit_float("box_nms_thresh", "NMS threshold of the prediction head.", 0.5, tasks=DETECTION_TASKS,
-                models=_DETECTION_NOT_YOLO, honoured=False),
+                models=_DETECTION_NOT_YOLO),
     _positive_int("box_detections_per_img", "Maximum detections per image.", 100, tasks=DETECTION_TASKS,
-                  models=_DETECTION_NOT_YOLO, honoured=False),
+                  models=_DETECTION_NOT_YOLO),
+    Hyperparameter("tile_grid_size", Kind.GRID, "Tiles per image, COLUMNSxROWS (e.g. 3x2), for small "
+                   "objects: trains on the images and their tiles, predicts on both and merges.", None,
+                   tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO),
+    Hyperparameter("tile_overlap_ratio", Kind.FLOAT, "Overlap of adjacent tiles, a share of the tile size.",
+                   0.25, low=0.0, high=1.0, high_exclusive=True, tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO),
+    _unit_float("tile_predictions_nms_thresh", "IoU threshold of the NMS merging the predictions of the "
+                "tiles and the whole image.", 0.25, tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO),
     # --- yolov5 --------------------------------------------------------------------------------
     _positive_int("img_size", "Image size for train and validation (yolov5).", 640,
-                  tasks=(Task.OBJECT_DETECTION,), models=("yolov5",), honoured=False),
+                  tasks=(Task.OBJECT_DETECTION,), models=("yolov5",)),
     Hyperparameter("model_size", Kind.CHOICE, "Model size (yolov5).", "medium",
                    choices=("small", "medium", "large", "xlarge"), tasks=(Task.OBJECT_DETECTION,),
-                   models=("yolov5",), honoured=False),
+                   models=("yolov5",)),
     Hyperparameter("multi_scale", Kind.FLAG, "Vary image size by +/-50% (yolov5).", 0,
-                   tasks=(Task.OBJECT_DETECTION,), models=("yolov5",), honoured=False),
+                   tasks=(Task.OBJECT_DETECTION,), models=("yolov5",)),
     _unit_float("box_iou_thresh", "IoU threshold of NMS (yolov5).", 0.5, tasks=(Task.OBJECT_DETECTION,),
-                models=("yolov5",), honoured=False),
+                models=("yolov5",)),
 )
 
 HYPERPARAMETERS: Mapping[str, Hyperparameter] = {hp.name: hp for hp in _REGISTRY}
@@ -245,3 +266,45 @@ def resolve(task: Task, values: Mapping[str, Any]) -> dict[str, Any]:
         out[hp.name] = values[hp.name] if hp.name in values else hp.default_for(task, model_name)
     out["model_name"] = model_name
     return out
+
+
+# -- the README's table ----------------------------------------------------------------------------
+
+_TASK_SHORT = {Task.CLASSIFICATION: "multi-class", Task.MULTI_LABEL: "multi-label",
+               Task.OBJECT_DETECTION: "OD", Task.INSTANCE_SEGMENTATION: "IS"}
+
+
+def _tasks_text(hp: Hyperparameter) -> str:
+    if hp.tasks == ALL_TASKS:
+        tasks = "all"
+    elif hp.tasks == CLASSIFICATION_TASKS:
+        tasks = "classification"
+    else:
+        tasks = ", ".join(_TASK_SHORT[t] for t in hp.tasks)
+    if hp.models == ("yolov5",):
+        return f"{tasks} (yolov5)"
+    return f"{tasks} (not yolov5)" if hp.models else tasks
+
+
+def _default_text(hp: Hyperparameter) -> str:
+    """One value, or the value per task (and for yolov5) where they differ; tasks that share a
+    value are listed together."""
+    per_task = {_TASK_SHORT[t]: hp.default_for(t, DEFAULT_MODELS[t]) for t in hp.tasks}
+    # model_name's default does not depend on the model; every other default may differ for yolov5.
+    if Task.OBJECT_DETECTION in hp.tasks and "yolov5" in (hp.models or ("yolov5",)) and hp.name != "model_name":
+        per_task["yolov5"] = hp.default_for(Task.OBJECT_DETECTION, "yolov5")
+    groups: dict[str, list[str]] = {}
+    for task, value in per_task.items():
+        groups.setdefault("—" if value is None else str(value), []).append(task)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{' / '.join(tasks)}: {value}" for value, tasks in groups.items())
+
+
+def markdown_table() -> str:
+    """Every hyperparameter with its tasks, range and defaults, as the README shows them."""
+    rows = ["| name | tasks | range | default |", "|---|---|---|---|"]
+    for hp in _REGISTRY:
+        value_range = "see the model list" if hp.name == "model_name" else hp.range_text()
+        rows.append(f"| `{hp.name}` | {_tasks_text(hp)} | {value_range} | {_default_text(hp)} |")
+    return "\n".join(rows) + "\n"

@@ -34,7 +34,6 @@ class ModelInfo:
     torchvision_name: str | None = None       # builder in torchvision.models
     freezable_layers: tuple[str, ...] = ()    # module name prefixes, input side first
     fixed_input_size: int | None = None       # models that accept only one crop size
-    available: bool = True                    # False: known name, not yet built by this trainer
     aliases: tuple[str, ...] = field(default=())
     builder: str | None = None                # a builder of this module, for models torchvision lacks
     weights_file: str | None = None           # weights-cache file name of a model without a download
@@ -42,6 +41,7 @@ class ModelInfo:
 
 _RESNET_LAYERS = ("conv1", "layer1", "layer2", "layer3", "layer4")  # conv1 also covers bn1
 _MOBILENET_LAYERS = tuple(f"features.{i}" for i in range(19))
+_DETECTOR_LAYERS = tuple(f"backbone.body.{layer}" for layer in _RESNET_LAYERS)
 
 
 def _vit_layers(depth: int) -> tuple[str, ...]:
@@ -52,7 +52,8 @@ def _vit_layers(depth: int) -> tuple[str, ...]:
 
 # Parameters that freeze with a freezable layer without being inside it: the stem's batch norm,
 # and the tokens that a ViT adds next to its patch embedding.
-_FROZEN_WITH = {"conv1": ("bn1",), "conv_proj": ("class_token", "encoder.pos_embedding")}
+_FROZEN_WITH = {"conv1": ("bn1",), "backbone.body.conv1": ("backbone.body.bn1",),
+                "conv_proj": ("class_token", "encoder.pos_embedding")}
 
 _MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("resnet18", CLASSIFICATION_TASKS, "ResNet-18 (torchvision)", "resnet18", _RESNET_LAYERS),
@@ -73,17 +74,18 @@ _MODELS: tuple[ModelInfo, ...] = (
               _vit_layers(12), fixed_input_size=224),
     ModelInfo("vitl16r224", CLASSIFICATION_TASKS, "ViT-L/16 at 224 px (torchvision)", "vit_l_16",
               _vit_layers(24), fixed_input_size=224),
-    ModelInfo("yolov5", (Task.OBJECT_DETECTION,), "YOLOv5", available=False),
-    ModelInfo("fasterrcnn_resnet50_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-50 FPN",
-              available=False),
-    ModelInfo("fasterrcnn_resnet34_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-34 FPN",
-              available=False),
-    ModelInfo("fasterrcnn_resnet18_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-18 FPN",
-              available=False),
-    ModelInfo("retinanet_resnet50_fpn", (Task.OBJECT_DETECTION,), "RetinaNet ResNet-50 FPN",
-              available=False),
-    ModelInfo("maskrcnn_resnet50_fpn", (Task.INSTANCE_SEGMENTATION,), "Mask R-CNN ResNet-50 FPN",
-              available=False),
+    # Detectors: the backbone's layers freeze (the FPN and the heads always train).
+    ModelInfo("yolov5", (Task.OBJECT_DETECTION,), "YOLOv5 (this project's implementation, trainer/yolov5.py)"),
+    ModelInfo("fasterrcnn_resnet50_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-50 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
+    ModelInfo("fasterrcnn_resnet34_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-34 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
+    ModelInfo("fasterrcnn_resnet18_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-18 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
+    ModelInfo("retinanet_resnet50_fpn", (Task.OBJECT_DETECTION,), "RetinaNet ResNet-50 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
+    ModelInfo("maskrcnn_resnet50_fpn", (Task.INSTANCE_SEGMENTATION,), "Mask R-CNN ResNet-50 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
 )
 
 MODELS: dict[str, ModelInfo] = {m.name: m for m in _MODELS}
@@ -157,8 +159,8 @@ def build_classifier(name: str, num_classes: int, pretrained: bool, weights_cach
     import torchvision
 
     info = get(name)
-    if not info.available or (info.torchvision_name is None and info.builder is None):
-        raise ValueError(f"model {info.name!r} is not available in this trainer version")
+    if info.torchvision_name is None and info.builder is None:
+        raise ValueError(f"model {info.name!r} is not a classifier")
     if info.builder is not None:
         model = _BUILDERS[info.builder]()
     else:
@@ -177,20 +179,25 @@ def build_classifier(name: str, num_classes: int, pretrained: bool, weights_cach
 
 
 def _pretrained_state_dict(info: ModelInfo, weights_cache: str | None):
-    """ImageNet weights: from the weights cache (a folder or a bucket prefix) when the file is there,
-    else torchvision's own download (which needs the network). Models without torchvision weights
-    have no download: ValueError when the file is not in the cache."""
+    """ImageNet weights of a classifier (see `load_weights`)."""
+    import torchvision
+
+    if info.weights_file is not None:
+        return load_weights(info.weights_file, weights_cache, info.name)
+    return load_weights(None, weights_cache, info.name,
+                        torchvision.models.get_model_weights(info.torchvision_name).DEFAULT)
+
+
+def load_weights(file_name: str | None, weights_cache: str | None, model_name: str, weights_enum=None):
+    """A state dict from the weights cache (a folder or a bucket prefix) when the file is there,
+    else from torchvision's own download of `weights_enum` (which needs the network; its file name
+    is the one looked up when `file_name` is None). Without `weights_enum` there is no download:
+    ValueError when the file is not in the cache."""
     import io
 
     import torch
-    import torchvision
 
-    weights_enum = None
-    if info.weights_file is not None:
-        file_name = info.weights_file
-    else:
-        weights_enum = torchvision.models.get_model_weights(info.torchvision_name).DEFAULT
-        file_name = os.path.basename(weights_enum.url)
+    file_name = file_name or os.path.basename(weights_enum.url)
     cache = weights_cache or os.environ.get(WEIGHTS_CACHE_ENV)
     if cache:
         from .storage import Storage
@@ -199,10 +206,18 @@ def _pretrained_state_dict(info: ModelInfo, weights_cache: str | None):
         if store.exists(file_name):
             return torch.load(io.BytesIO(store.read_bytes(file_name)), map_location="cpu", weights_only=True)
     if weights_enum is None:
-        raise ValueError(f"pretrained weights for {info.name} have no download source: put {file_name} (a "
+        raise ValueError(f"pretrained weights for {model_name} have no download source: put {file_name} (a "
                          f"state dict of this architecture) in the weights cache "
                          f"({cache or f'not set: weights_cache or ${WEIGHTS_CACHE_ENV}'}), or set pretrained=0")
     return weights_enum.get_state_dict(progress=False)
+
+
+def weights_download_error(model_name: str, weights_cache: str | None, exc: OSError) -> ConnectionError:
+    """What a failed download of pretrained weights says. It stays an OSError: retrying may help."""
+    return ConnectionError(
+        f"pretrained weights for {model_name} are not in the weights cache ({weights_cache or 'not set'}) "
+        f"and the download failed: {exc}. Put the torchvision weight file in the weights cache, or set "
+        f"pretrained=0")
 
 
 def freeze_layers(model, name: str, count: int) -> list[str]:

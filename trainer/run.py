@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import checkpoint, data, distributed, engine, export, presets
+from . import checkpoint, data, distributed, engine, export
 from .config import SpecError, TrialSpec
 from .hyperparameters import metric_direction
 from .report import FILES, BackgroundWriter, ErrorKind, Reporter, TrialStatus
@@ -308,7 +308,7 @@ class _Trial:
         return {
             "epoch": progress.epoch,
             "epochs_total": self.hp["number_of_epochs"],
-            "history": [{"epoch": m["epoch"], metric: m[metric], "loss": m["loss"],
+            "history": [{"epoch": m["epoch"], metric: m[metric], "loss": m.get("loss"),
                          "train_loss": m["train_loss"]} for m in progress.history],
             "best": None if progress.best_epoch is None else {
                 "epoch": progress.best_epoch, "metrics": _without_per_class(progress.best_metrics)},
@@ -326,7 +326,7 @@ class _Trial:
         distributed.start(ctx, device)
         deterministic = engine.configure_kernels(device)
         engine.seed_everything(spec.seed)
-        adapter = get_adapter(spec.task)
+        adapter = get_adapter(spec.task, spec.lenient_labels)
         metric = spec.primary_metric
         if metric not in adapter.metrics:
             raise SpecError(f"trial spec field 'primary_metric': {metric!r} is not a metric of "
@@ -341,8 +341,8 @@ class _Trial:
                  spec.task.value, hp["model_name"], device, threads,
                  f", {ctx.world_size} processes, {ctx.backend}" if ctx.enabled else "")
 
-        # The settings' own checks (crop size, model input size) before any data is fetched.
-        preprocessing = adapter.preprocessing(hp)
+        # The settings' own checks (crop size, model input size, tiles) before any data is fetched.
+        task_info = adapter.model_info(hp)
         # Data, then everything built from it.
         labels, train_samples, val_samples = self._load_data(adapter)
         if distributed.any_true(ctx, self.stop_signal())[0]:
@@ -357,21 +357,19 @@ class _Trial:
 
         loader_options = {"device": device, "seed": spec.seed, "rank": ctx.rank, "world_size": ctx.world_size,
                           "processes_per_node": ctx.local_world_size}
-        train_loader = engine.make_loader(
-            data.ImageDataset(train_samples, train_targets, presets.train_transform(preprocessing, normalize=False),
-                              seed=spec.seed, min_size=presets.decode_size(preprocessing, train=True)),
-            hp["training_batch_size"], train=True, **loader_options)
-        val_loader = engine.make_loader(
-            data.ImageDataset(val_samples, val_targets, presets.eval_transform(preprocessing, normalize=False),
-                              min_size=presets.decode_size(preprocessing, train=False)),
-            hp["validation_batch_size"], train=False, **loader_options)
+        train_dataset = adapter.dataset(train_samples, train_targets, hp, train=True, seed=spec.seed)
+        train_loader = engine.make_loader(train_dataset, hp["training_batch_size"], train=True,
+                                          collate_fn=adapter.collate, group_ids=train_dataset.group_ids,
+                                          **loader_options)
+        val_loader = engine.make_loader(adapter.dataset(val_samples, val_targets, hp, train=False),
+                                        hp["validation_batch_size"], train=False, collate_fn=adapter.collate,
+                                        **loader_options)
         if len(train_loader) == 0:
             raise data.DataError(f"{spec.training_data}: no training batch: {len(train_samples)} "
                                  f"image(s) for training_batch_size {hp['training_batch_size']}"
                                  + (f" in each of {ctx.world_size} processes" if ctx.enabled else ""))
 
-        model = adapter.build_model(hp["model_name"], len(labels), bool(hp["pretrained"]),
-                                    spec.weights_cache, hp.get("layers_to_freeze")).to(device)
+        model = adapter.build_model(hp, len(labels), spec.weights_cache).to(device)
         model = engine.prepare_model(model, device)
         loss_fn = adapter.loss(hp, class_counts, len(train_samples)).to(device)
         optimizer = engine.build_optimizer(model.parameters(), hp)
@@ -382,7 +380,7 @@ class _Trial:
         early_stopping = engine.EarlyStopping(bool(hp["early_stopping"]), hp["early_stopping_patience"],
                                               hp["early_stopping_delay"], metric_direction(metric))
         self.model_info = {"task": spec.task.value, "model_name": hp["model_name"], "labels": labels,
-                           "preprocessing": preprocessing.to_dict(), **adapter.export_info()}
+                           "hyperparameters": hp, **task_info}
         if ctx.rank:
             # The model is built (the same on every rank); from here each rank draws its own
             # random numbers (dropout), else every rank would drop the same units.
@@ -410,8 +408,9 @@ class _Trial:
             eval_model = train_model if not ctx.enabled else engine.compile_model(model)
             log.info("torch.compile (%s): the first steps of training and of evaluation compile the model",
                      engine.compile_backend())
+        eval_model = adapter.inference_model(eval_model, hp)
         channels_last = engine.is_channels_last(model)
-        normalize = presets.BatchNormalize(preprocessing, device)  # 8-bit batches → model inputs
+        prepare = adapter.batch_transform(hp, device)  # a batch on the device → the model's inputs
 
         def control(stop: bool, bad_loss: bool) -> tuple[bool, bool]:
             return distributed.any_true(ctx, stop, bad_loss)
@@ -419,12 +418,12 @@ class _Trial:
         for epoch in range(self.progress.epoch + 1, epochs + 1):
             if early_stopping.should_stop():
                 break
-            train_loader.sampler.set_epoch(epoch)
+            train_loader.batch_sampler.set_epoch(epoch)
             heartbeat = _Heartbeat(self.reporter, epoch) if self.main else _no_heartbeat
             stats = engine.train_one_epoch(train_model, loss_fn, optimizer, lr_scheduler, train_loader, device,
                                            scaler=scaler, autocast_dtype=autocast,
                                            should_stop=self.stop_signal, on_step=heartbeat, control=control,
-                                           channels_last=channels_last, prepare=normalize)
+                                           channels_last=channels_last, prepare=prepare)
             if stats.pop("interrupted"):
                 # The partial epoch is dropped: the checkpoint of the last whole epoch is what a
                 # restart continues from, with the data order and RNG states that match it.
@@ -435,18 +434,21 @@ class _Trial:
                 # Batch norm's running statistics differ between ranks after their last steps: every
                 # rank evaluates with rank 0's, which are the ones saved.
                 distributed.broadcast_buffers(ctx, model)
-                metrics = engine.evaluate(eval_model, val_loader, adapter.evaluator(labels, loss_fn), device,
-                                          autocast_dtype=autocast, prepare=normalize, ctx=ctx)
+                metrics = engine.evaluate(eval_model, val_loader, adapter.evaluator(labels, loss_fn, hp), device,
+                                          autocast_dtype=autocast, prepare=prepare, ctx=ctx)
                 # Every rank takes the same decisions (early stopping, best epoch) from rank 0's figures.
                 metrics = distributed.broadcast(ctx, metrics)
                 metrics.update(stats, epoch=epoch, time=time.time())
                 self.progress.history.append(metrics)
-                if early_stopping.improved(metrics[metric]):
+                # validation_metric_type none: no figure to compare, the latest epoch is the one kept.
+                if metrics[metric] is None or early_stopping.improved(metrics[metric]):
                     self.progress.record_best(epoch, metrics, model if self.main else None)
                 if self.main:
                     self.reporter.write_metrics(epoch, metrics)
-                log.info("epoch %d/%d: %s=%.4f loss=%.4f train_loss=%.4f lr=%.5f (%.1fs, %.0f img/s)",
-                         epoch, epochs, metric, metrics[metric], metrics["loss"], stats["train_loss"],
+                # Detectors compute losses in training mode only: no validation loss.
+                validation_loss = f" loss={metrics['loss']:.4f}" if "loss" in metrics else ""
+                log.info("epoch %d/%d: %s=%s%s train_loss=%.4f lr=%.5f (%.1fs, %.1f img/s)",
+                         epoch, epochs, metric, _figure(metrics[metric]), validation_loss, stats["train_loss"],
                          stats["lr"], stats["train_seconds"], stats["images_per_second"])
             else:
                 log.info("epoch %d/%d: train_loss=%.4f lr=%.5f (%.1fs)", epoch, epochs,
@@ -520,9 +522,11 @@ class _Trial:
             train_records, val_records = data.split(train_records, self.hp["split_ratio"], spec.seed,
                                                     key=lambda r: adapter.classes_of(r.label))
         labels = sorted({name for r in train_records for name in adapter.classes_of(r.label)})
-        if len(labels) < 2:
+        # A detector tells one class from the background; a classifier needs two to choose from.
+        needed = 2 if spec.task.is_classification else 1
+        if len(labels) < needed:
             raise data.DataError(f"{spec.training_data}: {len(labels)} class(es) ({', '.join(labels)}); "
-                                 f"classification needs at least 2")
+                                 f"{spec.task.value} needs at least {needed}")
         data.check_known_classes(val_records, set(labels), adapter.classes_of)
         return labels, train_records, val_records
 
@@ -538,8 +542,11 @@ class _Trial:
             log.warning("skipped image %s (%s): %s", s.where, s.image_url, s.reason)
         if len(self.skipped) > MAX_SKIPPED_LOGGED:
             log.warning("and %d more skipped images (see status.json)", len(self.skipped) - MAX_SKIPPED_LOGGED)
-        self.image_warnings = [{"where": s.record.where, "image_url": s.record.image_url, "warning": s.warning}
-                               for s in samples if s.warning]
+        # What a lenient parser changed in a label is listed like what an image's details got wrong.
+        self.image_warnings = [{"where": r.where, "image_url": r.image_url, "warning": f"label: {change}"}
+                               for r in train_records + val_records for change in adapter.label_changes(r.label)]
+        self.image_warnings += [{"where": s.record.where, "image_url": s.record.image_url, "warning": s.warning}
+                                for s in samples if s.warning]
         for w in self.image_warnings[:MAX_SKIPPED_LOGGED]:
             log.warning("image %s (%s): %s", w["where"], w["image_url"], w["warning"])
         # A record's (file, line) identifies it; with a split, train and validation share a file.
@@ -599,6 +606,10 @@ def heartbeat_seconds() -> float:
         return max(0.0, float(value))
     except ValueError:
         raise ValueError(f"{HEARTBEAT_ENV} must be a number of seconds, got {value!r}") from None
+
+
+def _figure(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
 
 
 def _without_per_class(metrics: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -6,14 +6,16 @@ a line to `ADAPTERS`.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
+from PIL import Image
 
 from ..config import SpecError
+from ..data import ImageDataset, Sample
 from ..hyperparameters import Task
-from ..presets import Preprocessing
 from .classification import ClassificationAdapter
+from .detection import DetectionAdapter, SegmentationAdapter
 from .multilabel import MultiLabelAdapter
 
 
@@ -25,38 +27,62 @@ class Evaluator(Protocol):
 class TaskAdapter(Protocol):
     task: Task
     metrics: tuple[str, ...]              # the metrics a job may use as its primary metric
+    collate: Callable | None              # batches of the task's (None: stacked tensors)
 
+    # labels
     def parse_label(self, value: Any) -> Any:
         """A JSONL line's `label`, checked; ValueError (saying what is wrong) when it is not valid."""
     def classes_of(self, label: Any) -> tuple[str, ...]:
         """The class names a label mentions."""
     def encode(self, label: Any, class_index: dict[str, int]) -> Any:
         """The training target of a label."""
-    def preprocessing(self, hyperparameters: dict[str, Any]) -> Preprocessing: ...
-    def build_model(self, model_name: str, num_classes: int, pretrained: bool,
-                    weights_cache: str | None = None, layers_to_freeze: int | None = None) -> torch.nn.Module: ...
-    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int],
+    def label_changes(self, label: Any) -> tuple[str, ...]:
+        """What lenient parsing changed in the label, for the trial's status and log."""
+
+    # settings and data
+    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Checks the settings (SpecError naming the field) before any data is fetched; returns the
+        task's fields of the exported model.json (preprocessing, `decode_size`, ...)."""
+    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], hyperparameters: Mapping[str, Any],
+                *, train: bool, seed: int = 0) -> ImageDataset: ...
+    def batch_transform(self, hyperparameters: Mapping[str, Any],
+                        device: torch.device) -> Callable[[Any], Any] | None:
+        """What turns a batch on the device into the model's inputs (classification: normalising)."""
+
+    # model and training
+    def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
+                    weights_cache: str | None = None) -> torch.nn.Module: ...
+    def inference_model(self, model: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
+        """What evaluates and predicts (detection with tiles: the model run on every tile)."""
+    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
              num_samples: int | None = None) -> torch.nn.Module:
         """Called as `loss(model, images, targets)` by the training loop. `class_counts`: training
         images per class; `num_samples`: training images."""
-    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module) -> Evaluator: ...
-    def export_info(self) -> dict[str, Any]:
-        """Task-specific fields of the exported model.json (multi-label: the threshold)."""
-    def predictions(self, outputs: Any, labels: Sequence[str],
-                    info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Per image, what the model predicts; `info` is the exported model.json."""
+    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module,
+                  hyperparameters: Mapping[str, Any]) -> Evaluator: ...
+
+    # inference
+    def inputs(self, images: Sequence[Image.Image], info: Mapping[str, Any]) -> Any:
+        """The model's input batch for decoded images; `info` is the exported model.json."""
+    def predictions(self, outputs: Any, labels: Sequence[str], info: Mapping[str, Any],
+                    sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image, what the model predicts; `sizes`: each input image's (height, width)."""
 
 
 ADAPTERS: dict[Task, type] = {
     Task.CLASSIFICATION: ClassificationAdapter,
     Task.MULTI_LABEL: MultiLabelAdapter,
+    Task.OBJECT_DETECTION: DetectionAdapter,
+    Task.INSTANCE_SEGMENTATION: SegmentationAdapter,
 }
 
 
-def get_adapter(task: Task) -> TaskAdapter:
-    try:
-        return ADAPTERS[task]()
-    except KeyError:
-        implemented = ", ".join(t.value for t in ADAPTERS)
-        raise SpecError(f"trial spec field 'task': {task.value!r} is not implemented by this trainer "
-                        f"version yet (implemented: {implemented})") from None
+def get_adapter(task: Task, lenient_labels: bool = False) -> TaskAdapter:
+    """The adapter of `task`. `lenient_labels` (detection tasks): boxes and polygons slightly out of
+    bounds are clipped and reported instead of refused."""
+    if lenient_labels:
+        if task.is_classification:
+            raise SpecError(f"trial spec field 'lenient_labels': applies to object detection and instance "
+                            f"segmentation, not to {task.value}")
+        return ADAPTERS[task](lenient=True)
+    return ADAPTERS[task]()

@@ -6,8 +6,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .. import models
+from PIL import Image
+
+from .. import models, presets
 from ..config import SpecError
+from ..data import ImageDataset, Sample
 from ..hyperparameters import PRIMARY_METRICS, Task
 from ..labels import class_name
 from ..metrics import multiclass as multiclass_metrics
@@ -86,8 +89,11 @@ class ClassificationAdapter:
     def encode(self, label: str, class_index: dict[str, int]) -> int:
         return class_index[label]
 
-    # -- model -------------------------------------------------------------------------------------
-    def preprocessing(self, hyperparameters: dict[str, Any]) -> Preprocessing:
+    def label_changes(self, label: Any) -> tuple[str, ...]:
+        return ()  # class names are taken as written
+
+    # -- settings ----------------------------------------------------------------------------------
+    def preprocessing(self, hyperparameters: Mapping[str, Any]) -> Preprocessing:
         resize, crop = hyperparameters["resize_size"], hyperparameters["crop_size"]
         if crop > resize:
             raise SpecError(f"trial spec hyperparameters.crop_size: {crop} is larger than "
@@ -100,25 +106,41 @@ class ClassificationAdapter:
             raise SpecError(f"trial spec hyperparameters.crop_size: {exc}") from None
         return Preprocessing(resize_size=resize, crop_size=crop, train_preset=DEFAULT_TRAIN_PRESET)
 
-    def build_model(self, model_name: str, num_classes: int, pretrained: bool,
-                    weights_cache: str | None = None, layers_to_freeze: int | None = None) -> torch.nn.Module:
+    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        preprocessing = self.preprocessing(hyperparameters)
+        return {"preprocessing": preprocessing.to_dict(),
+                "decode_size": presets.decode_size(preprocessing, train=False)}
+
+    # -- data --------------------------------------------------------------------------------------
+    collate = None   # the default: images and targets stacked
+
+    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], hyperparameters: Mapping[str, Any],
+                *, train: bool, seed: int = 0) -> ImageDataset:
+        """8-bit image tensors of crop_size (normalised on the device: `batch_transform`)."""
+        p = self.preprocessing(hyperparameters)
+        transform = presets.train_transform(p, normalize=False) if train else presets.eval_transform(p, normalize=False)
+        return ImageDataset(samples, targets, transform, seed=seed, min_size=presets.decode_size(p, train))
+
+    def batch_transform(self, hyperparameters: Mapping[str, Any], device: torch.device) -> presets.BatchNormalize:
+        return presets.BatchNormalize(self.preprocessing(hyperparameters), device)
+
+    # -- model -------------------------------------------------------------------------------------
+    def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
+                    weights_cache: str | None = None) -> torch.nn.Module:
         try:
-            info = models.get(model_name)
+            info = models.get(hyperparameters["model_name"])
         except KeyError as exc:
             raise SpecError(f"trial spec hyperparameters.model_name: {exc.args[0]}") from None
-        if self.task not in info.tasks or not info.available:
-            raise SpecError(f"trial spec hyperparameters.model_name: {info.name!r} is not available for "
-                            f"{self.task.value} in this trainer version")
+        if self.task not in info.tasks:
+            raise SpecError(f"trial spec hyperparameters.model_name: {info.name!r} is not a model for {self.task.value}")
         try:
-            model = models.build_classifier(info.name, num_classes, pretrained, weights_cache)
+            model = models.build_classifier(info.name, num_classes, bool(hyperparameters["pretrained"]),
+                                            weights_cache)
         except ValueError as exc:  # weights that have no source: only the user can provide them
             raise SpecError(f"trial spec hyperparameters.pretrained: {exc}") from None
         except OSError as exc:
-            # Retrying may help (the download hiccupped), so this stays an OSError.
-            raise ConnectionError(
-                f"pretrained weights for {info.name} are not in the weights cache "
-                f"({weights_cache or 'not set'}) and the download failed: {exc}. Put the torchvision "
-                f"weight file in the weights cache, or set pretrained=0") from exc
+            raise models.weights_download_error(info.name, weights_cache, exc) from exc
+        layers_to_freeze = hyperparameters.get("layers_to_freeze")
         if layers_to_freeze:
             try:
                 models.freeze_layers(model, info.name, layers_to_freeze)
@@ -128,19 +150,24 @@ class ClassificationAdapter:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int],
+    def inference_model(self, model: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
+        return model
+
+    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
              num_samples: int | None = None) -> ClassificationLoss:
         return ClassificationLoss(class_weights(class_counts, hyperparameters["weighted_loss"]))
 
-    def evaluator(self, labels: Sequence[str], loss: ClassificationLoss) -> ClassificationEvaluator:
+    def evaluator(self, labels: Sequence[str], loss: ClassificationLoss,
+                  hyperparameters: Mapping[str, Any]) -> ClassificationEvaluator:
         return ClassificationEvaluator(labels, loss.cross_entropy.weight)
 
     # -- inference ---------------------------------------------------------------------------------
-    def export_info(self) -> dict[str, Any]:
-        return {}
+    def inputs(self, images: Sequence[Image.Image], info: Mapping[str, Any]) -> torch.Tensor:
+        transform = presets.eval_transform(Preprocessing.from_dict(info["preprocessing"]))
+        return torch.stack([transform(image) for image in images])
 
-    def predictions(self, outputs: torch.Tensor, labels: Sequence[str],
-                    info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def predictions(self, outputs: torch.Tensor, labels: Sequence[str], info: Mapping[str, Any],
+                    sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         probabilities = torch.softmax(outputs.float(), dim=1)
         out = []
         for row in probabilities.tolist():

@@ -9,12 +9,10 @@ tv_tensors.Mask rasterised from the polygons), `size` (height, width) and the la
 flip of training). The models resize and normalise inputs themselves (min_size, max_size), so the
 images stay float [0, 1] tensors of their own sizes: batches are lists (`collate`).
 
-Not wired into `run.py` yet, which builds classification datasets (an image-only transform,
-stacked batches, BatchNormalize) and passes no hyperparameters to `build_model` / `evaluator`. What
-wiring needs: `DetectionDataset` with `adapter.transform(train)`, `engine.make_loader(...,
-collate_fn=adapter.collate)`, no `prepare` (the models normalise), `adapter.build_model(name,
-num_classes, pretrained, hp)`, `adapter.evaluator(labels, hp)`, and a log line that does not expect a
-validation `loss` (torchvision's detectors compute losses in training mode only).
+Training batches are drawn from images of like aspect ratio (engine.EpochBatchSampler's groups).
+With `tile_grid_size`, training also takes every tile of every image as a sample of its own, and
+evaluation and prediction run the model on the image and its tiles and merge (`tiling.py`).
+yolov5 (`yolov5.py`) takes the same inputs and targets and returns the same outputs.
 """
 from __future__ import annotations
 
@@ -22,12 +20,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
+from .. import engine, models, tiling
+from ..masks import mask_polygons, polygon_mask
 from ..config import SpecError
-from ..data import ImageDataset, open_image
+from ..data import ImageDataset, Sample, image_size, open_image
 from ..detection_labels import DetectionLabel, DetectionObject, parser
 from ..detection_metrics import ImageResult, detection_metrics
 from ..hyperparameters import PRIMARY_METRICS, Task
@@ -41,6 +41,9 @@ DETECTORS = {
     "maskrcnn_resnet50_fpn": ("maskrcnn_resnet50_fpn", None, True),
 }
 MASK_THRESHOLD = 0.5      # a predicted mask's probability that makes a pixel part of it
+# Backbone layers frozen when starting from pretrained weights and no layers_to_freeze is set:
+# conv1 and layer1, as torchvision's builders do (3 trainable layers).
+PRETRAINED_FROZEN_LAYERS = 2
 
 
 def _head_options(name: str, hp: Mapping[str, Any]) -> dict[str, Any]:
@@ -56,9 +59,13 @@ def _head_options(name: str, hp: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def build_detector(name: str, num_classes: int, hp: Mapping[str, Any], pretrained: bool = False) -> torch.nn.Module:
-    """The model for `num_classes` object classes (+1 for the background). `pretrained`: ImageNet
-    backbone weights (torchvision's download)."""
+def build_detector(name: str, num_classes: int, hp: Mapping[str, Any], pretrained: bool = False,
+                   weights_cache: str | None = None) -> torch.nn.Module:
+    """The model for `num_classes` object classes (+1 for the background). `pretrained`: the COCO
+    detector's weights for the ResNet-50 models (Azure starts from those too; the class-specific
+    layers of the heads are left new), ImageNet backbone weights for ResNet-18/34; either from the
+    weights cache first, then torchvision's download. Pretrained backbones get frozen batch norm
+    (batches of 2 images give useless batch statistics), as torchvision's builders do."""
     import torchvision
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
@@ -68,37 +75,62 @@ def build_detector(name: str, num_classes: int, hp: Mapping[str, Any], pretraine
     builder, depth, _ = DETECTORS[name]
     options = _head_options(name, hp)
     if depth is not None:
-        weights = torchvision.models.get_model_weights(depth).DEFAULT if pretrained else None
-        backbone = resnet_fpn_backbone(backbone_name=depth, weights=weights,
-                                       trainable_layers=5 if not pretrained else 3)
-        return torchvision.models.detection.FasterRCNN(backbone, num_classes=num_classes + 1, **options)
-    weights_backbone = torchvision.models.ResNet50_Weights.IMAGENET1K_V1 if pretrained else None
-    build = getattr(torchvision.models.detection, builder)
-    return build(weights=None, weights_backbone=weights_backbone, num_classes=num_classes + 1, **options)
+        backbone = resnet_fpn_backbone(backbone_name=depth, weights=None, norm_layer=torch.nn.BatchNorm2d,
+                                       trainable_layers=5)
+        model = torchvision.models.detection.FasterRCNN(backbone, num_classes=num_classes + 1, **options)
+    else:
+        build = getattr(torchvision.models.detection, builder)
+        model = build(weights=None, weights_backbone=None, num_classes=num_classes + 1, **options)
+    if pretrained:
+        _freeze_batch_norm(model.backbone.body)
+        weights = torchvision.models.get_model_weights(depth or builder).DEFAULT
+        state = models.load_weights(None, weights_cache, name, weights)
+        if depth is not None:  # an ImageNet classifier's weights: its layers are the backbone's body
+            state = {f"backbone.body.{key}": value for key, value in state.items()}
+        _load_matching(model, state, name)
+    return model
+
+
+def _freeze_batch_norm(module: torch.nn.Module) -> None:
+    """Every BatchNorm2d inside `module` replaced by torchvision's FrozenBatchNorm2d."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for child_name, child in module.named_children():
+        if isinstance(child, torch.nn.BatchNorm2d):
+            setattr(module, child_name, FrozenBatchNorm2d(child.num_features, eps=child.eps))
+        else:
+            _freeze_batch_norm(child)
+
+
+def _load_matching(model: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
+    """The weights of `state` whose names and shapes are the model's: the class-specific layers of
+    a head trained on other classes (COCO's 91) stay as built."""
+    own = model.state_dict()
+    kept = {key: value for key, value in state.items() if key in own and own[key].shape == value.shape}
+    # A backbone's weights are about half of a detector's tensors; fewer matched is another model.
+    if len(kept) < len(own) // 3:
+        raise SpecError(f"trial spec hyperparameters.pretrained: the pretrained weights found for {name} do not "
+                        f"fit it ({len(kept)} of its {len(own)} tensors matched)")
+    model.load_state_dict(kept, strict=False)
 
 
 # -- targets and transforms ------------------------------------------------------------------------
 
-def polygon_mask(polygons: Sequence[Sequence[float]], width: int, height: int) -> np.ndarray:
-    """A uint8 HxW mask of normalised polygons (their union)."""
-    canvas = Image.new("L", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for polygon in polygons:
-        points = [(x * width, y * height) for x, y in zip(polygon[0::2], polygon[1::2])]
-        draw.polygon(points, fill=1, outline=1)
-    return np.asarray(canvas, dtype=np.uint8)
-
-
 class DetectionTransform:
-    """(PIL image, (label, class_index)) -> (float image tensor, target dict); `train` adds the
-    horizontal flip, applied to the image, its boxes and masks together."""
+    """(PIL image, (label, class_index)) -> (float image tensor, target dict); a `region` (pixels)
+    crops image and target to that tile first; `train` adds torchvision's photometric distortion
+    (brightness, contrast, saturation, hue) and the horizontal flip, applied to the image, its boxes
+    and masks together. Tile targets carry no `size` and `objects`: those are the
+    whole image's, for the evaluator, and tiles are for training only."""
 
     def __init__(self, train: bool, segmentation: bool):
         self.segmentation = segmentation
-        self.augment = T.RandomHorizontalFlip(0.5) if train else None
+        self.augment = T.Compose([T.RandomPhotometricDistort(p=0.5), T.RandomHorizontalFlip(0.5)]) if train \
+            else None
         self.to_float = T.ToDtype(torch.float32, scale=True)
 
-    def __call__(self, image: Image.Image, encoded: tuple[DetectionLabel, Mapping[str, int]]):
+    def __call__(self, image: Image.Image, encoded: tuple[DetectionLabel, Mapping[str, int]],
+                 region: tiling.Region | None = None):
         label, class_index = encoded
         width, height = image.size
         objects = label.objects
@@ -114,19 +146,44 @@ class DetectionTransform:
                 else np.zeros((0, height, width), dtype=np.uint8)
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
         tensor = tv_tensors.Image(T.functional.pil_to_tensor(image))
+        if region is not None:
+            tensor, target = tiling.crop_to_tile(tensor, target, region)
+            tensor = tv_tensors.Image(tensor)
         if self.augment is not None:
             tensor, target = self.augment(tensor, target)
-        target["size"] = torch.tensor([height, width])
-        target["objects"] = objects
+        if region is None:
+            target["size"] = torch.tensor([height, width])
+            target["objects"] = objects
         return self.to_float(tensor).as_subclass(torch.Tensor), target
 
 
 class DetectionDataset(ImageDataset):
     """data.ImageDataset (the same decoding, the same per-(epoch, index) seeding of augmentation)
-    whose transform takes the image and its target together."""
+    whose transform takes the image and its target together. With `tiles`, every image is a sample
+    and so is each of its tiles. `group_ids`: the aspect-ratio group of each sample."""
+
+    def __init__(self, samples: Sequence[Sample], targets: Sequence[Any], transform: DetectionTransform,
+                 seed: int = 0, min_size: int | None = None, tiles: tiling.TileGrid | None = None):
+        super().__init__(samples, targets, transform, seed, min_size)
+        # What the decoder returns (a JPEG decoded at a reduced scale is smaller than the file).
+        sizes = [image_size(s.path, min_size) for s in self.samples]
+        self.items: list[tuple[int, tiling.Region | None]] = []
+        item_sizes = []
+        for index, (width, height) in enumerate(sizes):
+            regions = [None] + (tiles.regions(width, height) if tiles is not None else [])
+            for region in regions:
+                self.items.append((index, region))
+                item_sizes.append((width, height) if region is None else
+                                  (region[2] - region[0], region[3] - region[1]))
+        self.group_ids = engine.aspect_ratio_groups(item_sizes)
+
+    def __len__(self) -> int:
+        return len(self.items)
 
     def _item(self, index: int):
-        return self.transform(open_image(self.samples[index].path, self.min_size), self.targets[index])
+        sample_index, region = self.items[index]
+        image = open_image(self.samples[sample_index].path, self.min_size)
+        return self.transform(image, self.targets[sample_index], region)
 
 
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
@@ -186,8 +243,8 @@ class DetectionEvaluator:
             self.images.append(ImageResult(width, height, tuple(target["objects"]), predicted, masks))
 
     def compute(self) -> dict[str, Any]:
-        if self.metric_type == "none":
-            return {}
+        if self.metric_type == "none":  # Azure's setting for training without validation figures
+            return {PRIMARY_METRICS[Task.OBJECT_DETECTION][0]: None}
         return detection_metrics(self.images, self.metric_type, segmentation=self.segmentation,
                                  score_threshold=self.score_threshold)
 
@@ -202,44 +259,128 @@ class DetectionAdapter:
     def __init__(self, lenient: bool = False):
         self._parse = parser(self.task, lenient=lenient)
 
+    # -- labels ------------------------------------------------------------------------------------
     def parse_label(self, value: Any) -> DetectionLabel:
         return self._parse(value)
 
     def classes_of(self, label: DetectionLabel) -> tuple[str, ...]:
         return label.classes()
 
+    def label_changes(self, label: DetectionLabel) -> tuple[str, ...]:
+        return label.notes
+
     def encode(self, label: DetectionLabel, class_index: dict[str, int]) -> tuple[DetectionLabel, dict[str, int]]:
         """The target is made with the image (pixel boxes, masks): see DetectionTransform."""
         return label, class_index
 
-    def transform(self, train: bool) -> DetectionTransform:
-        return DetectionTransform(train, self.segmentation)
+    # -- settings ----------------------------------------------------------------------------------
+    def tiles(self, hyperparameters: Mapping[str, Any]) -> tiling.TileGrid | None:
+        grid = hyperparameters.get("tile_grid_size")
+        if not grid:
+            return None
+        return tiling.TileGrid.parse(grid, hyperparameters["tile_overlap_ratio"])
 
+    def decode_size(self, hyperparameters: Mapping[str, Any]) -> int | None:
+        """The shortest side the model needs from the decoder (see data.open_image): it resizes to
+        min_size (yolov5: its longer side to img_size); tiles need the image's full resolution."""
+        if self.tiles(hyperparameters) is not None:
+            return None
+        return hyperparameters["img_size" if hyperparameters["model_name"] == "yolov5" else "min_size"]
+
+    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        return {"decode_size": self.decode_size(hyperparameters)}
+
+    # -- data --------------------------------------------------------------------------------------
     collate = staticmethod(collate)
 
-    def build_model(self, model_name: str, num_classes: int, pretrained: bool,
-                    hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
-        if model_name not in DETECTORS or DETECTORS[model_name][2] != self.segmentation:
-            raise SpecError(f"trial spec hyperparameters.model_name: {model_name!r} is not available for "
-                            f"{self.task.value} in this trainer version")
-        return build_detector(model_name, num_classes, hyperparameters, pretrained)
+    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], hyperparameters: Mapping[str, Any],
+                *, train: bool, seed: int = 0) -> DetectionDataset:
+        """Float images of their own sizes (the models resize and normalise them); training adds the
+        tiles, evaluation runs on the whole images (`inference_model` tiles them)."""
+        return DetectionDataset(samples, targets, DetectionTransform(train, self.segmentation), seed=seed,
+                                min_size=self.decode_size(hyperparameters),
+                                tiles=self.tiles(hyperparameters) if train else None)
 
-    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int],
+    def batch_transform(self, hyperparameters: Mapping[str, Any], device: torch.device) -> None:
+        return None  # the models normalise their inputs themselves
+
+    # -- model -------------------------------------------------------------------------------------
+    def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
+                    weights_cache: str | None = None) -> torch.nn.Module:
+        name = hyperparameters["model_name"]
+        if name == "yolov5" and not self.segmentation:
+            return self._build_yolov5(hyperparameters, num_classes, weights_cache)
+        if name not in DETECTORS or DETECTORS[name][2] != self.segmentation:
+            raise SpecError(f"trial spec hyperparameters.model_name: {name!r} is not a model for {self.task.value}")
+        pretrained = bool(hyperparameters["pretrained"])
+        try:
+            model = build_detector(name, num_classes, hyperparameters, pretrained, weights_cache)
+        except OSError as exc:
+            raise models.weights_download_error(name, weights_cache, exc) from exc
+        layers_to_freeze = hyperparameters.get("layers_to_freeze")
+        if layers_to_freeze is None and pretrained:
+            layers_to_freeze = PRETRAINED_FROZEN_LAYERS
+        if layers_to_freeze:
+            try:
+                models.freeze_layers(model, name, layers_to_freeze)
+            except ValueError as exc:
+                raise SpecError(f"trial spec hyperparameters.layers_to_freeze: {exc}") from None
+        return model
+
+    @staticmethod
+    def _build_yolov5(hyperparameters: Mapping[str, Any], num_classes: int,
+                      weights_cache: str | None) -> torch.nn.Module:
+        from ..yolov5 import build_yolov5
+
+        if hyperparameters.get("layers_to_freeze"):
+            raise SpecError("trial spec hyperparameters.layers_to_freeze: yolov5 has no freezable layers here")
+        model = build_yolov5(num_classes, hyperparameters)
+        if hyperparameters["pretrained"]:
+            file_name = f"yolov5_{hyperparameters['model_size']}.pth"
+            try:
+                state = models.load_weights(file_name, weights_cache, "yolov5")
+            except ValueError as exc:
+                raise SpecError(f"trial spec hyperparameters.pretrained: {exc}") from None
+            _load_matching(model, state, "yolov5")
+        return model
+
+    def inference_model(self, model: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
+        """With tiles, the model run on each image and its tiles, the detections merged."""
+        grid = self.tiles(hyperparameters)
+        if grid is None:
+            return model
+        return tiling.TiledInference(model, grid, hyperparameters["tile_predictions_nms_thresh"],
+                                     hyperparameters["box_detections_per_img"])
+
+    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
              num_samples: int | None = None) -> DetectionLoss:
         return DetectionLoss()
 
-    def evaluator(self, labels: Sequence[str], hyperparameters: Mapping[str, Any]) -> DetectionEvaluator:
+    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module,
+                  hyperparameters: Mapping[str, Any]) -> DetectionEvaluator:
         return DetectionEvaluator(labels, hyperparameters["validation_metric_type"], self.segmentation,
                                   float(hyperparameters["box_score_thresh"]))
 
+    # -- inference ---------------------------------------------------------------------------------
+    def inputs(self, images: Sequence[Image.Image], info: Mapping[str, Any]) -> list[torch.Tensor]:
+        to_float = T.Compose([T.PILToTensor(), T.ToDtype(torch.float32, scale=True)])
+        return [to_float(image) for image in images]
+
     def predictions(self, outputs: Sequence[Mapping[str, torch.Tensor]], labels: Sequence[str],
-                    sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        """Per image, the training JSONL's `label` with a score per object (what `evaluate` reads)."""
+                    info: Mapping[str, Any], sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per image, the training JSONL's `label` with a score per object (what `evaluate` reads);
+        `sizes`: (height, width) of each input."""
         out = []
         for output, (height, width) in zip(outputs, sizes):
-            objects = _prediction_objects({k: v.detach().cpu() for k, v in output.items()}, labels, height, width)
-            out.append({"label": [{"label": o.label, "topX": o.box[0], "topY": o.box[1], "bottomX": o.box[2],
-                                   "bottomY": o.box[3], "score": o.score} for o in objects]})
+            output = {k: v.detach().cpu() for k, v in output.items()}
+            objects = _prediction_objects(output, labels, height, width)
+            lines = [{"label": o.label, "topX": o.box[0], "topY": o.box[1], "bottomX": o.box[2],
+                      "bottomY": o.box[3], "score": o.score} for o in objects]
+            if self.segmentation:
+                kept = [i for i, label in enumerate(output["labels"].tolist()) if 1 <= label <= len(labels)]
+                for line, i in zip(lines, kept):
+                    line["polygon"] = mask_polygons(output["masks"][i, 0] >= MASK_THRESHOLD, width, height)
+            out.append({"label": lines})
         return out
 
 

@@ -94,25 +94,26 @@ class MultiLabelAdapter(ClassificationAdapter):
         return target
 
     # -- training ----------------------------------------------------------------------------------
-    def loss(self, hyperparameters: dict[str, Any], class_counts: Sequence[int],
+    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
              num_samples: int | None = None) -> MultiLabelLoss:
         weighted = hyperparameters["weighted_loss"]
         if weighted and num_samples is None:
             raise ValueError("a weighted multi-label loss needs the number of training images")
         return MultiLabelLoss(positive_weights(class_counts, num_samples or 0, weighted))
 
-    def evaluator(self, labels: Sequence[str], loss: MultiLabelLoss) -> MultiLabelEvaluator:
+    def evaluator(self, labels: Sequence[str], loss: MultiLabelLoss,
+                  hyperparameters: Mapping[str, Any]) -> MultiLabelEvaluator:
         return MultiLabelEvaluator(labels, loss.bce.pos_weight, self.threshold)
 
     # -- inference ---------------------------------------------------------------------------------
-    def export_info(self) -> dict[str, Any]:
-        return {"threshold": self.threshold}
+    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super().model_info(hyperparameters), "threshold": self.threshold}
 
-    def predictions(self, outputs: torch.Tensor, labels: Sequence[str],
-                    info: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    def predictions(self, outputs: torch.Tensor, labels: Sequence[str], info: Mapping[str, Any],
+                    sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image: `labels`, the classes at or above the threshold (model.json's), most probable
         first, and `probabilities` of every class."""
-        threshold = float((info or {}).get("threshold", self.threshold))
+        threshold = float(info.get("threshold", self.threshold))
         out = []
         for row in torch.sigmoid(outputs.float()).tolist():
             chosen = sorted((i for i, p in enumerate(row) if p >= threshold), key=lambda i: -row[i])
