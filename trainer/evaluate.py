@@ -127,21 +127,25 @@ def _scores(value: Any) -> tuple[dict[str, float] | None, str | None]:
     return out, None
 
 
-def read_labels(url: str, task: Task, problems: Problems) -> list[_Line]:
-    parse_label = LABEL_PARSERS[task]
-    lines = []
+def _labelled_lines(url: str, parse_label, problems: Problems) -> list[tuple[int, dict[str, Any], Any]]:
+    """(line number, object, parsed label) of each line whose label parses; the others' problems
+    are added to `problems`."""
+    out = []
     for number, obj in _read_lines(url, problems):
         where = f"{url}:{number}"
         if obj.get("label") is None:
             problems.add(where, "label", "missing")
             continue
         try:
-            label = parse_label(obj["label"])
+            out.append((number, obj, parse_label(obj["label"])))
         except ValueError as exc:
             problems.add(where, "label", str(exc))
-            continue
-        lines.append(_Line(url, number, obj["image_url"], label))
-    return lines
+    return out
+
+
+def read_labels(url: str, task: Task, problems: Problems) -> list[_Line]:
+    return [_Line(url, number, obj["image_url"], label)
+            for number, obj, label in _labelled_lines(url, LABEL_PARSERS[task], problems)]
 
 
 def read_predictions(url: str, problems: Problems) -> list[_Line]:
@@ -258,21 +262,9 @@ def _evaluate_detection(task: Task, labels_url: str, predictions_url: str, metri
     problems = Problems(EvaluationError)
 
     def read(url: str, scored: bool) -> list[_Line]:
-        parse = parser(task, scored=scored)
-        out = []
-        for number, obj in _read_lines(url, problems):
-            where = f"{url}:{number}"
-            if obj.get("label") is None:
-                problems.add(where, "label", "missing")
-                continue
-            try:
-                label = parse(obj["label"])
-            except ValueError as exc:
-                problems.add(where, "label", str(exc))
-                continue
-            size = None if scored else _image_size(obj, labels_url, where, problems, need_size)
-            out.append(_Line(url, number, obj["image_url"], (label, size)))
-        return out
+        return [_Line(url, number, obj["image_url"],
+                      (label, None if scored else _image_size(obj, labels_url, f"{url}:{number}", problems, need_size)))
+                for number, obj, label in _labelled_lines(url, parser(task, scored=scored), problems)]
 
     labels = _unique(read(labels_url, False), problems)
     predictions = _unique(read(predictions_url, True), problems)
