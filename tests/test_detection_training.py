@@ -156,3 +156,35 @@ def test_predictions_are_what_evaluate_reads():
     label = parse_detection_label(line["label"], scored=True)
     assert [(o.label, o.box, o.score) for o in label.objects] == [
         ("red", (0.25, 0.25, 0.75, 1.0), pytest.approx(0.9)), ("blue", (0.0, 0.0, 1.0, 1.0), pytest.approx(0.4))]
+
+
+def test_pretrained_detectors_load_from_the_weights_cache(tmp_path, monkeypatch):
+    """COCO detector weights (R-50) and ImageNet backbones (R-18) from the weights cache, never a
+    download: class layers new, batch norm frozen, conv1 and layer1 frozen as torchvision does."""
+    import torchvision
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from automl_images.trainer.config import SpecError
+    monkeypatch.delenv("AUTOML_IMAGES_WEIGHTS_CACHE", raising=False)
+    torch.manual_seed(0)
+    coco = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    torch.save(coco.state_dict(), tmp_path / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
+    imagenet = torchvision.models.resnet18()
+    torch.save(imagenet.state_dict(), tmp_path / "resnet18-f37072fd.pth")
+    adapter = DetectionAdapter()
+
+    model = adapter.build_model({**HP, "model_name": "fasterrcnn_resnet50_fpn", "pretrained": 1}, 3, str(tmp_path))
+    assert torch.equal(model.backbone.fpn.inner_blocks[0][0].weight, coco.backbone.fpn.inner_blocks[0][0].weight)
+    assert torch.equal(model.rpn.head.conv[0][0].weight, coco.rpn.head.conv[0][0].weight)
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4          # new: 3 classes + background
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
+    assert torch.equal(model.backbone.body.bn1.running_mean, coco.backbone.body.bn1.running_mean)
+
+    model = adapter.build_model({**HP, "model_name": "fasterrcnn_resnet18_fpn", "pretrained": 1}, 3, str(tmp_path))
+    assert torch.equal(model.backbone.body.layer3[0].conv1.weight, imagenet.layer3[0].conv1.weight)
+    frozen = {name.split(".")[2] for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "layer1"}          # bn1 is frozen batch norm: no parameters at all
+
+    torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "resnet18-f37072fd.pth")
+    with pytest.raises(SpecError, match="hyperparameters.pretrained: .* do not fit"):
+        adapter.build_model({**HP, "model_name": "fasterrcnn_resnet18_fpn", "pretrained": 1}, 3, str(tmp_path))
