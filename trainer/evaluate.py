@@ -143,6 +143,17 @@ def _labelled_lines(url: str, parse_label, problems: Problems) -> list[tuple[int
     return out
 
 
+def _check_same_images(labels: dict[str, _Line], predictions: dict[str, _Line], labels_url: str,
+                       predictions_url: str, problems: Problems) -> None:
+    """Every labelled image has a prediction and every prediction a label."""
+    for url, line in labels.items():
+        if url not in predictions:
+            problems.add(line.where, "image_url", f"{url!r} has no prediction in {predictions_url}")
+    for url, line in predictions.items():
+        if url not in labels:
+            problems.add(line.where, "image_url", f"{url!r} is not in the labels file {labels_url}")
+
+
 def read_labels(url: str, task: Task, problems: Problems) -> list[_Line]:
     return [_Line(url, number, obj["image_url"], label)
             for number, obj, label in _labelled_lines(url, LABEL_PARSERS[task], problems)]
@@ -181,12 +192,7 @@ def evaluate_files(task: Task | str, labels_url: str, predictions_url: str,
     predictions = _unique(read_predictions(predictions_url, problems), problems)
     problems.raise_if_any()
 
-    for url, line in labels.items():
-        if url not in predictions:
-            problems.add(line.where, "image_url", f"{url!r} has no prediction in {predictions_url}")
-    for url, line in predictions.items():
-        if url not in labels:
-            problems.add(line.where, "image_url", f"{url!r} is not in the labels file {labels_url}")
+    _check_same_images(labels, predictions, labels_url, predictions_url, problems)
     # Every prediction must score the same classes; the first one sets them.
     first = next(iter(predictions.values()))
     classes = sorted(first.value)
@@ -269,12 +275,7 @@ def _evaluate_detection(task: Task, labels_url: str, predictions_url: str, metri
     labels = _unique(read(labels_url, False), problems)
     predictions = _unique(read(predictions_url, True), problems)
     problems.raise_if_any()
-    for url, line in labels.items():
-        if url not in predictions:
-            problems.add(line.where, "image_url", f"{url!r} has no prediction in {predictions_url}")
-    for url, line in predictions.items():
-        if url not in labels:
-            problems.add(line.where, "image_url", f"{url!r} is not in the labels file {labels_url}")
+    _check_same_images(labels, predictions, labels_url, predictions_url, problems)
     problems.raise_if_any()
     images = []
     for url, line in labels.items():
