@@ -117,18 +117,18 @@ def any_true(ctx: Context, *flags: bool) -> tuple[bool, ...]:
 
 
 def sum_over_ranks(ctx: Context, *values: float) -> tuple[float, ...]:
-    if not ctx.enabled:
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=ctx.control)
-    return tuple(tensor.tolist())
+    return _all_reduce(ctx, dist.ReduceOp.SUM, values)
 
 
 def max_over_ranks(ctx: Context, *values: float) -> tuple[float, ...]:
+    return _all_reduce(ctx, dist.ReduceOp.MAX, values)
+
+
+def _all_reduce(ctx: Context, op, values: tuple[float, ...]) -> tuple[float, ...]:
     if not ctx.enabled:
         return values
     tensor = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=ctx.control)
+    dist.all_reduce(tensor, op=op, group=ctx.control)
     return tuple(tensor.tolist())
 
 

@@ -110,10 +110,11 @@ class Hyperparameter:
                 return value, f"must be a non-empty string, got {value!r}"
             return value, None
         if self.kind is Kind.GRID:
-            match = _GRID.match(value) if isinstance(value, str) else None
-            if not match or min(int(match[1]), int(match[2])) < 1:
-                return value, f"must be COLUMNSxROWS with positive whole numbers (e.g. 3x2), got {value!r}"
-            return f"{int(match[1])}x{int(match[2])}", None
+            try:
+                columns, rows = grid_size(value)
+            except ValueError as exc:
+                return value, str(exc)
+            return f"{columns}x{rows}", None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):
                 try:
@@ -137,6 +138,14 @@ class Hyperparameter:
 
 
 _GRID = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def grid_size(value: Any) -> tuple[int, int]:
+    """(columns, rows) of "COLUMNSxROWS" (e.g. "3x2"); ValueError saying what is wrong otherwise."""
+    match = _GRID.match(value) if isinstance(value, str) else None
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise ValueError(f"must be COLUMNSxROWS with positive whole numbers (e.g. 3x2), got {value!r}")
+    return int(match[1]), int(match[2])
 
 
 def _fmt(x: float | None) -> str:

@@ -14,7 +14,6 @@ Not for yolov5 (Azure does not tile it either); the caller enforces that.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +22,9 @@ from torchvision import tv_tensors
 from torchvision.ops import batched_nms, box_area
 
 from .config import SpecError
+from .hyperparameters import grid_size
 
 Region = tuple[int, int, int, int]     # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
-
-_GRID = re.compile(r"(\d+)x(\d+)")
-
 
 @dataclass(frozen=True)
 class TileGrid:
@@ -46,11 +43,11 @@ class TileGrid:
     @classmethod
     def parse(cls, text: str, overlap_ratio: float = 0.25) -> TileGrid:
         """'3x2' -> 3 columns, 2 rows."""
-        match = _GRID.fullmatch(str(text).strip().lower())
-        if match is None:
-            raise SpecError(f"trial spec hyperparameters.tile_grid_size: {text!r} is not COLUMNSxROWS "
-                            f"(e.g. '3x2')")
-        return cls(int(match[1]), int(match[2]), float(overlap_ratio))
+        try:
+            columns, rows = grid_size(text)
+        except ValueError as exc:
+            raise SpecError(f"trial spec hyperparameters.tile_grid_size: {exc}") from None
+        return cls(columns, rows, float(overlap_ratio))
 
     def regions(self, width: int, height: int) -> list[Region]:
         """The tiles of a width x height image, row by row: the first starts at 0, the last ends at the

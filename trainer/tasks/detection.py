@@ -160,14 +160,19 @@ class DetectionTransform:
 class DetectionDataset(ImageDataset):
     """data.ImageDataset (the same decoding, the same per-(epoch, index) seeding of augmentation)
     whose transform takes the image and its target together. With `tiles`, every image is a sample
-    and so is each of its tiles. `group_ids`: the aspect-ratio group of each sample."""
+    and so is each of its tiles. `grouped` (training): `group_ids` holds the aspect-ratio group of
+    each sample. Either reads every image's header once; an evaluation set reads none."""
 
     def __init__(self, samples: Sequence[Sample], targets: Sequence[Any], transform: DetectionTransform,
-                 seed: int = 0, min_size: int | None = None, tiles: tiling.TileGrid | None = None):
+                 seed: int = 0, min_size: int | None = None, tiles: tiling.TileGrid | None = None,
+                 grouped: bool = False):
         super().__init__(samples, targets, transform, seed, min_size)
+        if tiles is None and not grouped:
+            self.items: list[tuple[int, tiling.Region | None]] = [(i, None) for i in range(len(self.samples))]
+            return
         # What the decoder returns (a JPEG decoded at a reduced scale is smaller than the file).
         sizes = [image_size(s.path, min_size) for s in self.samples]
-        self.items: list[tuple[int, tiling.Region | None]] = []
+        self.items = []
         item_sizes = []
         for index, (width, height) in enumerate(sizes):
             regions = [None] + (tiles.regions(width, height) if tiles is not None else [])
@@ -299,7 +304,7 @@ class DetectionAdapter:
         tiles, evaluation runs on the whole images (`inference_model` tiles them)."""
         return DetectionDataset(samples, targets, DetectionTransform(train, self.segmentation), seed=seed,
                                 min_size=self.decode_size(hyperparameters),
-                                tiles=self.tiles(hyperparameters) if train else None)
+                                tiles=self.tiles(hyperparameters) if train else None, grouped=train)
 
     def batch_transform(self, hyperparameters: Mapping[str, Any], device: torch.device) -> None:
         return None  # the models normalise their inputs themselves
