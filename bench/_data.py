@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from automl_images.core.hyperparameters import Task, resolve
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage, join
 from automl_images.trainer import run
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage, join
 
 CLASSES = ("can", "carton", "milk_bottle", "water_bottle")
 
@@ -53,7 +54,8 @@ def write_spec(root: Storage, trial: str, train: str, val: str | None, seed: int
     hp = {"pretrained": 0, "early_stopping": 0, "warmup_cosine_lr_warmup_epochs": 0, **hyperparameters}
     root.write_json(join(trial, FILES.spec), {
         "job_id": "bench", "trial_id": trial, "task": task, "primary_metric": primary_metric,
-        "training_data": train, "validation_data": val, "hyperparameters": hp, "output": root.url(trial),
+        "training_data": train, "validation_data": val, "hyperparameters": resolve(Task(task), hp),
+        "output": root.url(trial),
         "seed": seed})
     return root.url(join(trial, FILES.spec))
 

@@ -38,9 +38,9 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _data import timed_trial, write_spec  # noqa: E402
 
+from automl_images.core.hyperparameters import Task  # noqa: E402
+from automl_images.core.storage import Storage  # noqa: E402
 from automl_images.trainer import convert  # noqa: E402
-from automl_images.trainer.hyperparameters import Task  # noqa: E402
-from automl_images.trainer.storage import Storage  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")
 

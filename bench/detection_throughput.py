@@ -44,8 +44,9 @@ from typing import Any
 
 import torch
 
-from automl_images.trainer import convert, data, engine, hyperparameters
-from automl_images.trainer.hyperparameters import Task
+from automl_images.core.hyperparameters import Task
+from automl_images.core import hyperparameters
+from automl_images.trainer import convert, data, engine
 from automl_images.trainer.tasks import get_adapter
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets")

@@ -23,7 +23,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _data import timed_trial, write_spec  # noqa: E402
 
-from automl_images.trainer.storage import Storage  # noqa: E402
+from automl_images.core.storage import Storage  # noqa: E402
 
 DATASET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "datasets",
                        "fridge-multiclass")

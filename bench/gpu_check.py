@@ -45,9 +45,10 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from automl_images.trainer import engine, hyperparameters, run  # noqa: E402
-from automl_images.trainer.report import FILES  # noqa: E402
-from automl_images.trainer.storage import Storage  # noqa: E402
+from automl_images.core.hyperparameters import Task, resolve  # noqa: E402
+from automl_images.core.layout import FILES  # noqa: E402
+from automl_images.core.storage import Storage  # noqa: E402
+from automl_images.trainer import engine, run  # noqa: E402
 from automl_images.trainer.tasks import get_adapter  # noqa: E402
 
 BATCH = 128
@@ -86,8 +87,8 @@ def write_jsonl_files(folder: str, write_image, items: list) -> tuple[str, str]:
 
 def bare(model_name: str, channels_last: bool, steps: int = 30) -> float:
     device = torch.device("cuda")
-    adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
-    hp = hyperparameters.resolve(hyperparameters.Task.CLASSIFICATION, {"model_name": model_name})
+    adapter = get_adapter(Task.CLASSIFICATION)
+    hp = resolve(Task.CLASSIFICATION, {"model_name": model_name})
     model = adapter.build_model({**hp, "pretrained": 0}, 4).to(device)
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     loss_fn = adapter.loss(hp, [1] * 4, 1).to(device)
@@ -121,7 +122,8 @@ def trial(folder: str, name: str, train: str, val: str, model_name: str, epochs:
     hp = {"model_name": model_name, "pretrained": 0, "number_of_epochs": epochs, "training_batch_size": BATCH,
           "validation_batch_size": BATCH, "early_stopping": 0, "warmup_cosine_lr_warmup_epochs": 0}
     return run_spec(folder, name, {"task": "image-classification", "primary_metric": "accuracy",
-                                   "training_data": train, "validation_data": val, "hyperparameters": hp,
+                                   "training_data": train, "validation_data": val,
+                                   "hyperparameters": resolve(Task.CLASSIFICATION, hp),
                                    "compile": compile_model})
 
 

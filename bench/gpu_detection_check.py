@@ -22,10 +22,16 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_check import RESULTS, run_spec, section, timed_steps, write_jsonl_files  # noqa: E402  (which makes the checkout importable)
+from gpu_check import (  # noqa: E402  (which makes the checkout importable)
+    RESULTS,
+    run_spec,
+    section,
+    timed_steps,
+    write_jsonl_files,
+)
 
+from automl_images.core.hyperparameters import Task, resolve  # noqa: E402
 from automl_images.trainer import data, engine  # noqa: E402
-from automl_images.trainer.hyperparameters import Task, resolve  # noqa: E402
 from automl_images.trainer.tasks import get_adapter  # noqa: E402
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -99,7 +105,7 @@ def bare(task: str, model_name: str, batch: int, settings: dict, train: str, ste
 def trial(folder: str, task: str, model_name: str, batch: int, settings: dict, train: str, val: str) -> dict:
     status, metrics, seconds = run_spec(folder, model_name, {
         "task": task, "primary_metric": "mean_average_precision", "training_data": train, "validation_data": val,
-        "hyperparameters": hyperparameters(task, model_name, batch, settings)})
+        "hyperparameters": resolve(Task(task), hyperparameters(task, model_name, batch, settings))})
     return {"status": status["status"], "error": status.get("error"), "device": status.get("device"),
             "images_per_second": [round(m["images_per_second"], 1) for m in metrics],
             "eval_seconds": [round(m["eval_seconds"], 2) for m in metrics],

@@ -34,8 +34,7 @@ import boto3
 
 from automl_images.controller.launch.base import RunState
 from automl_images.controller.loop import Controller
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
+from automl_images.core.layout import FILES, Root
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _moto import moto_server  # noqa: E402

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _data import timed_trial, write_photos, write_spec  # noqa: E402
 from _moto import moto_server  # noqa: E402
 
-from automl_images.trainer.storage import Storage  # noqa: E402
+from automl_images.core.storage import Storage  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

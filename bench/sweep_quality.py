@@ -24,7 +24,7 @@ from automl_images.controller.launch.base import RunState
 from automl_images.controller.reconcile import CreateTrials, Launch, Publish, RequestStop, SetJobStatus, decide
 from automl_images.controller.search import Observation, make_sampler
 from automl_images.controller.spec import parse_job
-from automl_images.controller.state import JobView, TrialView
+from automl_images.core.records import JobView, TrialView
 
 EPOCHS = 9
 SPACE = """\

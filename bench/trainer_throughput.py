@@ -40,8 +40,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _data import timed_trial, write_photos, write_spec  # noqa: E402
 
-from automl_images.trainer import data, engine, hyperparameters  # noqa: E402
-from automl_images.trainer.storage import Storage  # noqa: E402
+from automl_images.core.storage import Storage  # noqa: E402
+from automl_images.core import hyperparameters  # noqa: E402
+from automl_images.trainer import data, engine  # noqa: E402
 from automl_images.trainer.tasks import get_adapter  # noqa: E402
 
 BATCH = 16

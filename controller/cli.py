@@ -132,7 +132,7 @@ class _UsageError(Exception):
 
 
 def _need_root(args: argparse.Namespace):
-    from .store import Root
+    from automl_images.core.layout import Root
 
     if not args.root:
         raise _UsageError(f"--root is required (or set ${ROOT_ENV})")

@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 
-from automl_images.trainer.storage import Storage, join
+from automl_images.core.layout import Root
+from automl_images.core.storage import Storage, join
 
 from . import leaderboard
 from .loop import Controller
-from .store import Root
 from .submit import new_job_id
 
 DATA = "demo-data/digits"

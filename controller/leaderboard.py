@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from .state import TrialView
+from automl_images.core.records import TrialView
 
 
 def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[str, Any]:

@@ -25,27 +25,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .store import Root
+from automl_images.core.layout import Root
 
 LEASE_TTL_S = 120.0      # a dead controller's jobs wait this long for another (unless on the same machine)
 LEASE_MARGIN_S = 20.0    # the most clocks may disagree; a holder stops acting this long before expiry
-_NAME = re.compile(r"^lease-(\d{8,})\.json$")
-
-
-def lease_key(root: Root, job_id: str, number: int) -> str:
-    return root.job_key(job_id, f"lease-{number:08d}.json")
-
-
-def lease_numbers(root: Root, job_id: str) -> list[int]:
-    """The numbers of the job's lease objects, ascending (one listing of the job's folder)."""
-    return sorted(int(m.group(1)) for m in map(_NAME.match, root.storage.list(root.job_key(job_id))) if m)
 
 
 def _machine() -> str:
@@ -124,7 +113,7 @@ class Leases:
         now = self.clock()
         if held is not None and now < held.expires_at - self.ttl_s / 2:
             return True
-        numbers = lease_numbers(self.root, job_id)
+        numbers = self.root.lease_numbers(job_id)
         top = numbers[-1] if numbers else None
         if top is None:
             return self._create(job_id, 0)
@@ -138,7 +127,7 @@ class Leases:
 
     def holder(self, job_id: str) -> dict[str, Any] | None:
         """The current lease object of the job (for people: who acts on it, until when)."""
-        numbers = lease_numbers(self.root, job_id)
+        numbers = self.root.lease_numbers(job_id)
         return self._read(job_id, numbers[-1]) if numbers else None
 
     def release(self, job_id: str) -> None:
@@ -147,7 +136,7 @@ class Leases:
         if held is None:
             return
         record = self._record(held.number + 1, released=True)
-        self.root.storage.create_exclusive(lease_key(self.root, job_id, held.number + 1), _json(record))
+        self.root.storage.create_exclusive(self.root.lease(job_id, held.number + 1), _json(record))
 
     def release_all(self) -> None:
         for job_id in list(self._held):
@@ -177,23 +166,23 @@ class Leases:
 
     def _create(self, job_id: str, number: int) -> bool:
         record = self._record(number)
-        if not self.root.storage.create_exclusive(lease_key(self.root, job_id, number), _json(record)):
+        if not self.root.storage.create_exclusive(self.root.lease(job_id, number), _json(record)):
             self._held.pop(job_id, None)
             return False
-        numbers = lease_numbers(self.root, job_id)
+        numbers = self.root.lease_numbers(job_id)
         if not numbers or numbers[-1] != number:  # an older number re-created from a stale listing
             self._held.pop(job_id, None)
             return False
         self._seen[(job_id, number)] = record
         self._held[job_id] = _Held(number, record["expires_at"])
         for old in numbers[:-1]:
-            self.root.storage.delete(lease_key(self.root, job_id, old))
+            self.root.storage.delete(self.root.lease(job_id, old))
             self._seen.pop((job_id, old), None)
         return True
 
     def _read(self, job_id: str, number: int) -> dict[str, Any] | None:
         if (job_id, number) not in self._seen:
-            record = self.root.storage.read_json(lease_key(self.root, job_id, number))
+            record = self.root.storage.read_json(self.root.lease(job_id, number))
             if record is None:
                 return None
             self._seen[(job_id, number)] = record

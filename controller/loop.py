@@ -23,19 +23,19 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from automl_images.trainer.config import TrialSpec
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage, _is_transient, resolve
+from automl_images.core import trials
+from automl_images.core.layout import FILES, Root, job_id_from_name, trial_id
+from automl_images.core.records import JobStatus, JobView, TrialView, recorded_cost
+from automl_images.core.storage import Storage, is_transient, resolve
+from automl_images.core.trial_spec import TrialSpec
 
-from . import leaderboard, reconcile, summary, warmstart
+from . import leaderboard, reconcile, warmstart
 from .launch import LaunchRequest, get_launcher
 from .launch.base import Launcher
 from .lease import LEASE_TTL_S, Leases
 from .reconcile import CreateTrials, FinishTrial, Launch, Publish, RequestStop, SetJobStatus
 from .search import Observation, make_sampler
 from .spec import JobSpec, JobSpecError, Problem, parse_job
-from .state import JobStatus, JobView, TrialView, recorded_cost
-from .store import Root, job_id_from_name, trial_id
 
 Log = Callable[[str], None]
 
@@ -120,7 +120,7 @@ class Controller:
     def _failed(self, what: str, exc: Exception, job_id: str | None = None) -> int:
         """Log a failed step of the pass. A job that keeps failing other than for the bucket is
         failed with the error (at most MAX_JOB_ERRORS passes in a row)."""
-        if _is_transient(exc):
+        if is_transient(exc):
             self.log(f"{what}: the bucket is not answering ({type(exc).__name__}: {exc}); "
                      "trying again on the next pass")
             return 1
@@ -225,7 +225,7 @@ class Controller:
             spec = parse_job(text, self.root.storage.url(self.root.job_file(job_id)))
             data = self.root.storage.read_json(self.root.job_spec(job_id))
             cache = _JobCache(spec, data)
-            cache.finished = summary.read(self.root, job_id)
+            cache.finished = trials.read_summary(self.root, job_id)
             cache.summarized = len(cache.finished)
             for trial, view in cache.finished.items():
                 cache.sweeps[trial] = view.sweep
@@ -236,7 +236,7 @@ class Controller:
 
     def _seeds(self, job_id: str, spec: JobSpec) -> list[Observation]:
         """The warm-start seeds, gathered once from the earlier jobs and saved (warmstart.py)."""
-        key = warmstart.warm_start_key(self.root, job_id)
+        key = self.root.warm_start(job_id)
         saved = self.root.storage.read_json(key)
         if saved is None:
             collected = warmstart.collect(self.root, spec)
@@ -279,7 +279,7 @@ class Controller:
         """trials.json, when trials finished since it was last read or written (their own files
         are final by then)."""
         if len(cache.finished) != cache.summarized:
-            summary.write(self.root, job_id, cache.finished)
+            trials.write_summary(self.root, job_id, cache.finished)
             cache.summarized = len(cache.finished)
 
     def _may_act(self, job_id: str) -> bool:
@@ -313,20 +313,11 @@ class Controller:
         return views
 
     def _read_trial(self, job_id: str, cache: _JobCache, trial: str) -> TrialView | None:
-        if trial not in cache.sweeps:
-            spec = self.root.read_trial(job_id, trial, FILES.spec)
-            if spec is None:
-                return None
-            cache.sweeps[trial] = spec.get("sweep") or {}
-        view = TrialView(trial, cache.sweeps[trial])
-        view.launch = self.root.read_trial(job_id, trial, FILES.launch)
-        if view.launched:
-            # Poll before reading the status: a trial that finishes in between then shows its
-            # verdict, instead of looking like a run that ended without one.
-            view.run_state = self.launcher(view.launch["launcher"]).poll(view.launch["handle"])
-        view.status = self.root.read_trial(job_id, trial, FILES.status)
-        view.stop = self.root.read_trial(job_id, trial, FILES.stop)
-        view.cost_usd = self._cost(view.launch, self.clock())
+        view = trials.read_trial(self.root, job_id, trial, cache.sweeps.get(trial),
+                                 poll=lambda launch: self.launcher(launch["launcher"]).poll(launch["handle"]))
+        if view is not None:
+            cache.sweeps[trial] = view.sweep
+            view.cost_usd = self._cost(view.launch, self.clock())
         return view
 
     # -- costs ---------------------------------------------------------------------------------

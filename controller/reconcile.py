@@ -15,12 +15,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Union
 
-from automl_images.trainer.report import ErrorKind, TrialStatus
+from automl_images.core.records import ErrorKind, JobStatus, JobView, RunState, TrialStatus, TrialView
 
 from . import stopping
-from .launch.base import RunState
 from .spec import JobSpec
-from .state import JobStatus, JobView, TrialView
 
 # A trial lost to the infrastructure (its process or machine vanished without a verdict) is run
 # again, resuming from its checkpoint, this many times in all before it counts as failed.

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from automl_images.trainer import hyperparameters as hps
-from automl_images.trainer import models
-from automl_images.trainer.hyperparameters import Kind, Task
+from automl_images.core import hyperparameters as hps
+from automl_images.core import models
+from automl_images.core.hyperparameters import Kind, Task
 
 from . import distributions
 from .distributions import Distribution, DistributionError
@@ -680,7 +680,7 @@ def _sampling_options(check: _Checker, sampling: str | None, raw: Any) -> Sampli
 def _warm_start(check: _Checker, sampling: str | None, raw: Any, path: tuple) -> tuple[str, ...]:
     """Earlier job ids (checked against the root when the controller accepts the job); `path` is
     the key as written (Azure HyperDrive's `resume_from` is accepted)."""
-    from .store import JOB_ID
+    from automl_images.core.layout import JOB_ID
 
     jobs = check.texts(raw, path)
     for i, job in enumerate(jobs):

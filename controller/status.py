@@ -1,6 +1,6 @@
 """`automl-images status`: what every job is doing, read from the bucket (never written).
 
-Finished trials come from each job's trials.json (summary.py), the others from their folders, so
+Finished trials come from each job's trials.json (core/trials.py), the others from their folders, so
 a job with a long history costs a few requests. A running trial's cost is its launch record's
 hourly price times its time so far.
 """
@@ -10,23 +10,8 @@ import collections
 import time
 from typing import Any
 
-from automl_images.trainer.report import FILES
-
-from . import summary
-from .state import TrialView, recorded_cost
-from .store import Root
-
-
-def trial_views(root: Root, job_id: str, now: float) -> list[TrialView]:
-    """Every trial of the job as far as a reader can tell (no launcher is asked)."""
-    views = summary.read(root, job_id)
-    for trial in root.trial_ids(job_id):
-        if trial not in views:
-            launch = root.read_trial(job_id, trial, FILES.launch)
-            sweep = (root.read_trial(job_id, trial, FILES.spec) or {}).get("sweep") or {}
-            views[trial] = TrialView(trial, sweep, launch=launch, status=root.read_trial(job_id, trial, FILES.status),
-                                     cost_usd=recorded_cost(launch, now))
-    return [views[t] for t in sorted(views)]
+from automl_images.core import trials
+from automl_images.core.layout import Root
 
 
 def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
@@ -36,8 +21,8 @@ def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
         state = root.storage.read_json(root.job_state(job_id)) or {"status": "accepting"}
         board = root.storage.read_json(root.leaderboard(job_id)) or {}
         counts: collections.Counter = collections.Counter()
-        trials = trial_views(root, job_id, now)
-        for trial in trials:
+        views = trials.read_all(root, job_id, now)
+        for trial in views:
             counts[trial.trial_status.value] += 1
         best = next((row for row in board.get("trials", [])
                      if isinstance(row["metrics"].get(board.get("primary_metric")), (int, float))), None)
@@ -51,7 +36,7 @@ def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
             "best": None if best is None else {"trial_id": best["trial_id"],
                                                "value": best["metrics"][board["primary_metric"]]},
             "elapsed_s": round(end - state["accepted_at"], 1) if "accepted_at" in state else None,
-            "cost_usd": round(sum(t.cost_usd for t in trials), 6),
+            "cost_usd": round(sum(t.cost_usd for t in views), 6),
         })
     return out
 
@@ -75,7 +60,7 @@ def render_job(root: Root, job_id: str) -> str:
     now = time.time()
     job = next(s for s in job_summaries(root, now) if s["job_id"] == job_id)
     lines = [render_summaries([job]), ""]
-    for trial in trial_views(root, job_id, now):
+    for trial in trials.read_all(root, job_id, now):
         status = trial.status or {}
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         epoch = f"epoch {status.get('epoch', 0)}/{status.get('epochs_total', '?')}"

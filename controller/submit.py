@@ -16,10 +16,10 @@ from typing import Callable
 
 import yaml
 
-from automl_images.trainer.storage import Storage, is_url, join, resolve
+from automl_images.core.layout import Root, job_id_from_name
+from automl_images.core.storage import Storage, is_url, join, resolve
 
 from .spec import JobSpec, JobSpecError, Problem, parse_job
-from .store import Root, job_id_from_name
 
 Progress = Callable[[str], None]
 

@@ -23,33 +23,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from automl_images.trainer.report import FILES
+from automl_images.core import trials
+from automl_images.core.layout import Root
 
-from . import summary
 from .distributions import Distribution
 from .search.base import Observation
 from .search.bayesian import _axis
 from .spec import JobSpec, JobSpecError, parse_job
-from .state import TrialView
-from .store import Root
-
-
-def warm_start_key(root: Root, job_id: str) -> str:
-    return root.job_key(job_id, "warm_start.json")
-
-
-def finished_trials(root: Root, job_id: str) -> list[TrialView]:
-    """The job's finished trials: from its summary, and from the trial folders for the rest."""
-    found = summary.read(root, job_id)
-    for trial in root.trial_ids(job_id):
-        if trial in found:
-            continue
-        status = root.read_trial(job_id, trial, FILES.status)
-        spec = root.read_trial(job_id, trial, FILES.spec) or {}
-        view = TrialView(trial, spec.get("sweep") or {}, status=status)
-        if status and view.is_terminal:
-            found[trial] = view
-    return [found[t] for t in sorted(found)]
 
 
 def fits(spec: JobSpec, subspace: int, values: dict[str, Any]) -> dict[str, Any] | None:
@@ -89,7 +69,7 @@ def collect(root: Root, spec: JobSpec) -> dict[str, Any]:
                          f"{spec.task.value} / {spec.primary_metric}: no trial used")
             continue
         used = unfit = 0
-        for trial in finished_trials(root, source):
+        for trial in trials.read_finished(root, source):
             value = trial.primary(spec.primary_metric)
             if value is None or value != value:  # no metric, or NaN
                 continue

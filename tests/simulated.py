@@ -17,8 +17,8 @@ import time
 from typing import Any, Callable
 
 from automl_images.controller.launch.base import Handle, LaunchRequest, RunState
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage
 
 
 def quality(params: dict[str, Any]) -> float:

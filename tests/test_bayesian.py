@@ -9,13 +9,12 @@ import pytest
 from skopt.space import Categorical, Integer, Real
 
 from automl_images.controller import spec as spec_module
-from automl_images.controller.search import Observation, make_sampler
-from automl_images.controller.search import bayesian
+from automl_images.controller.distributions import parse
+from automl_images.controller.search import Observation, bayesian, make_sampler
 from automl_images.controller.search.bayesian import BayesianSampler, _axis, choose_subspace
 from automl_images.controller.search.random import RandomSampler
-from automl_images.controller.distributions import parse
 from automl_images.controller.spec import parse_job
-from automl_images.trainer import hyperparameters as hps
+from automl_images.core import hyperparameters as hps
 
 
 def spec_of(space: str, seed: int = 0, metric: str = "accuracy", options: str = "{n_initial_points: 3, estimator: et}"):

@@ -7,16 +7,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
+from test_reconcile import NOW, make_job, make_spec
 
 from automl_images.controller.launch.base import RunState
 from automl_images.controller.loop import Controller
-from automl_images.controller.reconcile import (CreateTrials, Publish, RequestStop, SetJobStatus, decide,
-                                                expected_trial_cost)
-from automl_images.controller.state import JobStatus, TrialView, recorded_cost
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
-from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
-from test_reconcile import NOW, make_job, make_spec
+from automl_images.controller.reconcile import (
+    CreateTrials,
+    Publish,
+    RequestStop,
+    SetJobStatus,
+    decide,
+    expected_trial_cost,
+)
+from automl_images.core.layout import FILES, Root
+from automl_images.core.records import JobStatus, TrialView, recorded_cost
 
 CLI = str(Path(sys.executable).with_name("automl-images"))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-from automl_images.controller import summary
-from automl_images.controller.loop import Controller, progress_line
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
 from simulated import FakeClock, SimLauncher, curve, run_until_done, sim_job, submit
+
+from automl_images.controller.loop import Controller, progress_line
+from automl_images.core import trials
+from automl_images.core.layout import FILES, Root
 
 # Four learning rates of known quality (best 0.02), evaluated one after another.
 GRID = "  - learning_rate: choice(0.02, 0.001, 0.005, 0.1, 0.0003, 0.04, 0.01, 0.2, 0.0001)\n"
@@ -98,7 +98,7 @@ def test_one_user_failure_among_successes(local_root):
 def test_the_summary_holds_every_finished_trial(root_url):
     root = Root(root_url)
     run(root, "summed", sim_job(max_trials=3, concurrent=2, epochs=2), lose={"t0001"})
-    finished = summary.read(root, "summed")
+    finished = trials.read_summary(root, "summed")
     assert sorted(finished) == root.trial_ids("summed")
     for trial, view in finished.items():
         status = root.read_trial("summed", trial, FILES.status)
@@ -119,14 +119,14 @@ def test_a_lost_summary_is_rebuilt_from_the_trial_folders(local_root):
     for _ in range(20):  # until the first two trials have finished
         controller.reconcile_once()
         clock.advance(10)
-        if summary.read(root, "rebuilt"):
+        if trials.read_summary(root, "rebuilt"):
             break
-    assert sorted(summary.read(root, "rebuilt")) == ["t0000", "t0001"]
+    assert sorted(trials.read_summary(root, "rebuilt")) == ["t0000", "t0001"]
     assert root.storage.read_json(root.job_state("rebuilt"))["status"] == "running"
-    root.storage.delete(summary.summary_key(root, "rebuilt"))  # lost (or never written: a crash)
+    root.storage.delete(root.trials_summary("rebuilt"))  # lost (or never written: a crash)
     restarted = Controller(root, clock=clock, launchers={"local": sim})
     run_until_done(restarted, clock, step_s=10)
-    assert sorted(summary.read(root, "rebuilt")) == root.trial_ids("rebuilt") == [f"t{i:04d}" for i in range(4)]
+    assert sorted(trials.read_summary(root, "rebuilt")) == root.trial_ids("rebuilt") == [f"t{i:04d}" for i in range(4)]
 
 
 def test_progress_lines(local_root):
@@ -146,7 +146,7 @@ def test_progress_lines(local_root):
 
 def test_progress_line_with_a_budget():
     from automl_images.controller.spec import parse_job
-    from automl_images.controller.state import JobView, TrialView
+    from automl_images.core.records import JobView, TrialView
 
     spec = parse_job(sim_job(max_trials=10).replace("limits:\n", "limits:\n  max_cost_usd: 20\n"))
     job = JobView("j", {"status": "running"}, [

@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import shared_dataset
 from PIL import Image
 
 from automl_images.controller import cli
+from automl_images.core.hyperparameters import Task
 from automl_images.trainer import detection_labels
 from automl_images.trainer.convert import ConversionError, from_coco, from_voc, from_yolo, write_jsonl
-from automl_images.trainer.hyperparameters import Task
 from automl_images.trainer.labels import class_list
-
-from conftest import shared_dataset
 
 
 def make_image(path: Path, width: int, height: int) -> Path:
@@ -306,7 +305,7 @@ def test_write_jsonl_keeps_an_existing_file_unless_told(tmp_path):
 
 
 def test_cli_converts_and_the_trainer_reads_the_file(coco_set, tmp_path, capsys):
-    from automl_images.trainer.data import read_jsonl   # imports torch: only here
+    from automl_images.trainer.data import read_jsonl  # imports torch: only here
 
     path, images, _ = coco_set
     output = tmp_path / "train.jsonl"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from automl_images.controller.store import Root
+from automl_images.core.layout import Root
 
 
 @pytest.mark.slow

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from automl_images.core.hyperparameters import Task
 from automl_images.trainer import data
-from automl_images.trainer.detection_labels import (DetectionObject, parse_detection_label, parser)
-from automl_images.trainer.hyperparameters import Task
+from automl_images.trainer.detection_labels import DetectionObject, parse_detection_label, parser
 
 OD = parser(Task.OBJECT_DETECTION)
 IS = parser(Task.INSTANCE_SEGMENTATION)

@@ -8,14 +8,14 @@ import math
 
 import pytest
 import torch
-
-from automl_images.trainer import convert, run
-from automl_images.trainer.hyperparameters import Task
-from automl_images.trainer.report import FILES, TrialStatus
-from automl_images.trainer.storage import Storage
-
 from conftest import shared_dataset
 from trial_data import write_spec
+
+from automl_images.core.hyperparameters import Task
+from automl_images.core.layout import FILES
+from automl_images.core.records import TrialStatus
+from automl_images.core.storage import Storage
+from automl_images.trainer import convert, run
 
 
 @pytest.fixture(autouse=True)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from automl_images.trainer import checkpoint, export, run
-from automl_images.trainer.detection_labels import parse_detection_label
-from automl_images.trainer.report import FILES, TrialStatus
-from automl_images.trainer.storage import Storage
-
 from trial_data import write_detection_dataset, write_spec
 
+from automl_images.core.layout import FILES
+from automl_images.core.records import TrialStatus
+from automl_images.core.storage import Storage
+from automl_images.trainer import checkpoint, export, run
+from automl_images.trainer.detection_labels import parse_detection_label
 
 pytestmark = pytest.mark.usefixtures("trial_process")
 

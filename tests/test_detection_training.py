@@ -15,8 +15,13 @@ from torchvision.transforms import v2 as T
 from automl_images.trainer import engine
 from automl_images.trainer.detection_labels import DetectionLabel, DetectionObject
 from automl_images.trainer.masks import polygon_mask
-from automl_images.trainer.tasks.detection import (DETECTORS, DetectionAdapter, DetectionTransform,
-                                                   SegmentationAdapter, build_detector)
+from automl_images.trainer.tasks.detection import (
+    DETECTORS,
+    DetectionAdapter,
+    DetectionTransform,
+    SegmentationAdapter,
+    build_detector,
+)
 
 HP = {"min_size": 64, "max_size": 96, "box_score_thresh": 0.0, "box_nms_thresh": 0.5,
       "box_detections_per_img": 20, "validation_metric_type": "coco_voc", "pretrained": 0}
@@ -94,7 +99,7 @@ def test_every_detector_builds_with_the_head_settings(name):
 
 
 def test_adapters_refuse_a_model_of_the_other_task():
-    from automl_images.trainer.config import SpecError
+    from automl_images.core.trial_spec import SpecError
     with pytest.raises(SpecError, match="maskrcnn_resnet50_fpn"):
         DetectionAdapter().build_model({**HP, "model_name": "maskrcnn_resnet50_fpn"}, 2)
     with pytest.raises(SpecError, match="fasterrcnn_resnet18_fpn"):
@@ -164,7 +169,7 @@ def test_pretrained_detectors_load_from_the_weights_cache(tmp_path, monkeypatch)
     import torchvision
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from automl_images.trainer.config import SpecError
+    from automl_images.core.trial_spec import SpecError
     monkeypatch.delenv("AUTOML_IMAGES_WEIGHTS_CACHE", raising=False)
     torch.manual_seed(0)
     coco = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)

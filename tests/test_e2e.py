@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
 from synthetic import write_job, write_squares
+
+from automl_images.core.layout import FILES, Root
 
 CLI = [str(Path(sys.executable).with_name("automl-images"))]
 
@@ -111,8 +110,9 @@ def test_submit_rejects_invalid_job_without_touching_the_root(local_root, tmp_pa
 def test_detection_sweep_end_to_end(tmp_path):
     """A detection job from the job file to the leaderboard, through the same controller and the
     same trial subprocess as classification."""
-    from automl_images.trainer.storage import Storage
     from trial_data import write_detection_dataset
+
+    from automl_images.core.storage import Storage
 
     write_detection_dataset(Storage(str(tmp_path / "data")), prefix="")
     job = tmp_path / "data" / "job.yaml"

@@ -10,11 +10,10 @@ import threading
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from simulated import FakeClock, SimLauncher, sim_job, submit
 
 from automl_images.controller.loop import Controller
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
-from simulated import FakeClock, SimLauncher, sim_job, submit
+from automl_images.core.layout import FILES, Root
 
 ERRORS = [ConnectionError("Connection reset by peer"),
           OSError("An error occurred (SlowDown) when calling the PutObject operation: Please reduce your request rate"),

@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
 from synthetic import write_job, write_squares
+
+from automl_images.core.layout import FILES, Root
 
 CLI = str(Path(sys.executable).with_name("automl-images"))
 

@@ -5,9 +5,8 @@ import csv
 import io
 import json
 
-
 from automl_images.controller import leaderboard
-from automl_images.controller.state import TrialView
+from automl_images.core.records import TrialView
 
 
 def view(index: int, status: str, metrics: dict | None = None, *, lr: float = 0.01, model: str = "resnet18",

@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 import pytest
-
-from automl_images.controller.lease import Leases, lease_key, lease_numbers
-from automl_images.controller.loop import Controller
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
 from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
 from synthetic import write_job, write_squares
+
+from automl_images.controller.lease import Leases
+from automl_images.controller.loop import Controller
+from automl_images.core.layout import FILES, Root
 
 CLI = str(Path(sys.executable).with_name("automl-images"))
 JOB = "job-1"
@@ -31,14 +30,14 @@ def test_one_holder_and_renewal_at_half_life(local_root):
     root, clock = Root(local_root), FakeClock()
     a, b = leases(root, clock, "a"), leases(root, clock, "b")
     assert a.acquire(JOB) and a.holds(JOB)
-    assert lease_numbers(root, JOB) == [0]
+    assert root.lease_numbers(JOB) == [0]
     assert not b.acquire(JOB) and not b.holds(JOB)
     assert b.holder(JOB)["owner"] == "a"
     clock.advance(29)  # more than half the TTL left: nothing written
-    assert a.acquire(JOB) and lease_numbers(root, JOB) == [0]
+    assert a.acquire(JOB) and root.lease_numbers(JOB) == [0]
     clock.advance(2)   # under half left: renewed as the next number, the old one deleted
-    assert a.acquire(JOB) and lease_numbers(root, JOB) == [1]
-    assert root.storage.read_json(lease_key(root, JOB, 1))["expires_at"] == clock.now + 60
+    assert a.acquire(JOB) and root.lease_numbers(JOB) == [1]
+    assert root.storage.read_json(root.lease(JOB, 1))["expires_at"] == clock.now + 60
     clock.advance(59)  # b's clock: a's renewed lease has not expired
     assert not b.acquire(JOB)
 
@@ -53,7 +52,7 @@ def test_a_lease_not_renewed_is_taken_over_after_expiry(root_url):
     assert not a.holds(JOB) and not b.acquire(JOB)
     clock.advance(10)  # expired
     assert b.acquire(JOB) and b.holds(JOB)
-    assert lease_numbers(root, JOB) == [1]
+    assert root.lease_numbers(JOB) == [1]
     assert not a.acquire(JOB) and not a.holds(JOB)  # a comes back: b holds it now
 
 
@@ -64,7 +63,7 @@ def test_release_hands_over_at_once(local_root):
     a.release_all()
     assert not a.holds(JOB)
     assert b.acquire(JOB)
-    assert lease_numbers(root, JOB) == [2]  # 0: a's, 1: a's release, 2: b's
+    assert root.lease_numbers(JOB) == [2]  # 0: a's, 1: a's release, 2: b's
 
 
 def _dead_pid() -> int:
@@ -78,16 +77,16 @@ def test_a_dead_controller_of_this_machine_is_taken_over_at_once(local_root):
     b = leases(root, clock, "b")
     record = {"owner": "dead", "number": 0, "machine": b._machine, "pid": _dead_pid(), "process_started": None,
               "expires_at": clock.now + 3600, "released": False}
-    root.storage.write_json(lease_key(root, JOB, 0), record)
+    root.storage.write_json(root.lease(JOB, 0), record)
     assert b.acquire(JOB)
     # a live process of this machine is not: our own pid, started when we did
     root2 = Root(local_root + "-2")
     alive = dict(record, pid=os.getpid(), process_started=b._started)
-    root2.storage.write_json(lease_key(root2, JOB, 0), alive)
+    root2.storage.write_json(root2.lease(JOB, 0), alive)
     assert not leases(root2, clock, "c").acquire(JOB)
     # nor a process of another machine, dead pid or not
     root3 = Root(local_root + "-3")
-    root3.storage.write_json(lease_key(root3, JOB, 0), dict(record, machine="elsewhere/boot/ns"))
+    root3.storage.write_json(root3.lease(JOB, 0), dict(record, machine="elsewhere/boot/ns"))
     assert not leases(root3, clock, "c").acquire(JOB)
 
 
@@ -98,7 +97,7 @@ def test_a_number_recreated_from_a_stale_listing_does_not_hold(local_root):
     for _ in range(3):
         clock.advance(31)
         assert a.acquire(JOB)
-    assert lease_numbers(root, JOB) == [3]
+    assert root.lease_numbers(JOB) == [3]
     # b listed long ago, saw number 1 as the highest, and creates 2 (deleted since, so it succeeds)
     assert not b._create(JOB, 2) and not b.holds(JOB)
     assert a.holds(JOB)
@@ -118,7 +117,7 @@ def test_racing_controllers_one_winner(root_url):
     for t in threads:
         t.join()
     assert len(won) == 1
-    assert root.storage.read_json(lease_key(root, JOB, lease_numbers(root, JOB)[-1]))["owner"] == f"c{won[0]}"
+    assert root.storage.read_json(root.lease(JOB, root.lease_numbers(JOB)[-1]))["owner"] == f"c{won[0]}"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -8,11 +8,17 @@ import pytest
 
 from automl_images.controller import reconcile
 from automl_images.controller.launch.base import RunState
-from automl_images.controller.reconcile import (CreateTrials, FinishTrial, Launch, Publish, RequestStop,
-                                                SetJobStatus, decide)
+from automl_images.controller.reconcile import (
+    CreateTrials,
+    FinishTrial,
+    Launch,
+    Publish,
+    RequestStop,
+    SetJobStatus,
+    decide,
+)
 from automl_images.controller.spec import parse_job
-from automl_images.controller.state import JobStatus, JobView, TrialView
-from automl_images.trainer.report import ErrorKind, TrialStatus
+from automl_images.core.records import ErrorKind, JobStatus, JobView, TrialStatus, TrialView
 
 NOW = 1_000_000.0
 

@@ -13,7 +13,7 @@ from automl_images.controller.search import Proposal, make_sampler
 from automl_images.controller.search.grid import GridSampler
 from automl_images.controller.search.random import RandomSampler
 from automl_images.controller.spec import JobSpecError, parse_job
-from automl_images.trainer import hyperparameters as hps
+from automl_images.core import hyperparameters as hps
 
 
 def spec_of(search_space: str, sampling: str = "random", seed: int = 0, max_trials: int = 10):

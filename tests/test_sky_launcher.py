@@ -9,14 +9,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from synthetic import write_squares
+
 from automl_images.controller import spec as spec_module
 from automl_images.controller.launch import LaunchRequest, RunState
 from automl_images.controller.launch.skypilot import Price, Record, SkyPilotLauncher
 from automl_images.controller.loop import Controller
 from automl_images.controller.spec import parse_job
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
-from synthetic import write_squares
+from automl_images.core.layout import FILES, Root
 
 IMAGE = "ghcr.io/you/automl-images-trainer:0.1.0"
 COMPUTE = f"""\

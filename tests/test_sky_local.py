@@ -12,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+from synthetic import write_squares
+
 from automl_images.controller.launch import LaunchRequest, RunState, template
 from automl_images.controller.launch.local import LocalLauncher, trial_command
-from automl_images.trainer.report import FILES
-from synthetic import write_squares
+from automl_images.core.hyperparameters import Task, resolve
+from automl_images.core.layout import FILES
 
 URL = "s3://my-bucket/automl/jobs/sweep/trials/t0000/spec.json"
 
@@ -112,9 +114,10 @@ def test_a_trial_killed_mid_epoch_resumes_without_repeating_an_epoch(tmp_path, m
     epochs = 3
     spec = {"job_id": "sweep", "trial_id": "t0000", "task": "image-classification", "primary_metric": "accuracy",
             "training_data": str(train), "validation_data": str(val), "output": str(folder), "seed": 5,
-            "hyperparameters": {"model_name": "resnet18", "pretrained": 0, "number_of_epochs": epochs,
-                                "training_batch_size": 8, "validation_batch_size": 16, "learning_rate": 0.01,
-                                "resize_size": 24, "crop_size": 24, "early_stopping": 0}}
+            "hyperparameters": resolve(Task.CLASSIFICATION, {
+                "model_name": "resnet18", "pretrained": 0, "number_of_epochs": epochs, "training_batch_size": 8,
+                "validation_batch_size": 16, "learning_rate": 0.01, "resize_size": 24, "crop_size": 24,
+                "early_stopping": 0})}
     (folder / "spec.json").write_text(json.dumps(spec))
     spec_url = str(folder / "spec.json")
     launcher = LocalLauncher()

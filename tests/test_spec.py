@@ -12,9 +12,9 @@ import pytest
 from automl_images.controller import spec as spec_module
 from automl_images.controller.distributions import Distribution
 from automl_images.controller.spec import JobSpecError, Problem, parse_job
-from automl_images.trainer import hyperparameters as hps
-from automl_images.trainer import models
-from automl_images.trainer.hyperparameters import Task
+from automl_images.core import hyperparameters as hps
+from automl_images.core import models
+from automl_images.core.hyperparameters import Task
 
 SOURCE = "job.yaml"
 # Two lines every job needs; what a test adds starts on line 3.

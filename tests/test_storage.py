@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from automl_images.trainer.storage import Storage, resolve
+from automl_images.core.storage import Storage, resolve
 
 
 def test_read_write_list_delete(root_url):

@@ -22,13 +22,13 @@ import time
 
 import pytest
 import torch
-
-from automl_images.trainer import checkpoint, data, distributed, engine, run
-from automl_images.trainer.config import TrialSpec
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage
-from automl_images.trainer.tasks import get_adapter
 from trial_data import CLI, write_dataset, write_detection_dataset, write_spec
+
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage
+from automl_images.core.trial_spec import TrialSpec
+from automl_images.trainer import checkpoint, data, distributed, engine, run
+from automl_images.trainer.tasks import get_adapter
 
 # Each torchrun starts two trainer processes: 20 to 40 s a test.
 slow = pytest.mark.slow

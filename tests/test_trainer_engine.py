@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from automl_images.trainer import engine, hyperparameters
-from automl_images.trainer.config import SpecError
-from automl_images.trainer.hyperparameters import Task
+from automl_images.core.hyperparameters import Task
+from automl_images.core.trial_spec import SpecError
+from automl_images.core import hyperparameters
+from automl_images.trainer import engine
 from automl_images.trainer.tasks import get_adapter
 from automl_images.trainer.tasks.classification import ClassificationEvaluator, class_weights
 

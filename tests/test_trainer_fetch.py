@@ -7,11 +7,11 @@ import json
 import os
 
 import torch
-
-from automl_images.trainer import data, run
-from automl_images.trainer.storage import Storage
 from conftest import make_bucket
 from trial_data import write_dataset, write_spec
+
+from automl_images.core.storage import Storage
+from automl_images.trainer import data, run
 
 
 def test_bucket_images_are_fetched_once_in_parallel_and_cached(s3_endpoint, tmp_path, monkeypatch):

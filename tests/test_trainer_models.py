@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from automl_images.controller.spec import JobSpecError, parse_job
+from automl_images.core import models as registry
+from automl_images.core.hyperparameters import Task, resolve
+from automl_images.core.trial_spec import SpecError
 from automl_images.trainer import models, run
-from automl_images.trainer.config import SpecError
-from automl_images.trainer.hyperparameters import Task
 from automl_images.trainer.tasks import get_adapter
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -120,14 +120,14 @@ def test_freeze_seresnext_stem_and_first_stage():
 
 
 def test_every_model_but_yolov5_lists_its_freezable_layers():
-    for info in models.MODELS.values():
+    for info in registry.MODELS.values():
         assert bool(info.freezable_layers) == (info.name != "yolov5"), info.name
-    assert len(models.get("vitl16r224").freezable_layers) == 25
-    assert len(models.get("vitb16r224").freezable_layers) == 13
+    assert len(registry.get("vitl16r224").freezable_layers) == 25
+    assert len(registry.get("vitb16r224").freezable_layers) == 13
 
 
 def test_weights_for_models_without_a_download_come_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv(models.WEIGHTS_CACHE_ENV, raising=False)
+    monkeypatch.delenv(registry.WEIGHTS_CACHE_ENV, raising=False)
     with pytest.raises(ValueError, match="vit_s_16.pth.*no download source|no download source.*vit_s_16.pth"):
         models.build_classifier("vits16r224", 3, pretrained=True)
     with pytest.raises(ValueError, match="seresnext50_32x4d.pth"):
@@ -165,7 +165,8 @@ def test_a_trial_with_a_wrong_crop_size_fails_before_building(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"image_url": "a.png", "label": ["x"]}) + "\n")
     spec = {"job_id": "j", "trial_id": "t", "task": "image-multi-labeling", "primary_metric": "iou",
             "training_data": str(tmp_path / "train.jsonl"), "validation_data": None, "output": str(tmp_path / "t"),
-            "hyperparameters": {"model_name": "vitb16r224", "pretrained": 0, "crop_size": 32, "resize_size": 32}}
+            "hyperparameters": resolve(Task.MULTI_LABEL, {"model_name": "vitb16r224", "pretrained": 0,
+                                                          "crop_size": 32, "resize_size": 32})}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     status = run.run_trial(str(tmp_path / "spec.json"))
     assert status["status"] == "failed" and status["error"]["kind"] == "user"

@@ -13,11 +13,10 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from automl_images.controller.loop import Controller
-from automl_images.controller.store import Root
 from automl_images.controller.submit import submit
+from automl_images.core.hyperparameters import Task, resolve
+from automl_images.core.layout import FILES, Root
 from automl_images.trainer import data, export, metrics, run
-from automl_images.trainer.hyperparameters import Task
-from automl_images.trainer.report import FILES
 from automl_images.trainer.tasks import get_adapter
 from automl_images.trainer.tasks.multilabel import MultiLabelEvaluator, positive_weights
 
@@ -134,7 +133,8 @@ def write_spec(folder: Path, dataset: tuple[str, str], **hyperparameters) -> str
           "validation_batch_size": 16, "learning_rate": 0.01, "resize_size": 16, "crop_size": 16,
           "early_stopping": 0, "warmup_cosine_lr_warmup_epochs": 0, **hyperparameters}
     spec = {"job_id": "job", "trial_id": folder.name, "task": "image-multi-labeling", "primary_metric": "iou",
-            "training_data": train, "validation_data": val, "hyperparameters": hp, "output": str(folder),
+            "training_data": train, "validation_data": val, "hyperparameters": resolve(Task.MULTI_LABEL, hp),
+            "output": str(folder),
             "seed": 1}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec))

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 
 import torch
-
-from automl_images.controller.loop import Controller
-from automl_images.controller.store import Root
-from automl_images.trainer import engine, export, run
-from automl_images.trainer.config import TrialSpec
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage
 from simulated import SimLauncher, sim_job, submit
 from trial_data import write_dataset, write_spec
+
+from automl_images.controller.loop import Controller
+from automl_images.core.layout import FILES, Root
+from automl_images.core.storage import Storage
+from automl_images.core.trial_spec import TrialSpec
+from automl_images.trainer import engine, export, run
 
 
 def test_compile_and_datastores_travel_from_the_job_file_to_the_trial_spec(local_root):

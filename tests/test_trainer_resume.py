@@ -15,11 +15,11 @@ import time
 
 import pytest
 import torch
-
-from automl_images.trainer import checkpoint, engine, run
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage
 from trial_data import CLI, learning_figures, write_dataset, write_spec
+
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage
+from automl_images.trainer import checkpoint, engine, run
 
 EPOCHS = 3
 
@@ -148,7 +148,7 @@ def test_checkpoint_holds_everything_resume_needs(tmp_path, monkeypatch):
 
 def test_checkpoint_state_round_trips_into_fresh_objects():
     """state_dict → save → load → restore gives back every state, the AMP scaler's too."""
-    from automl_images.trainer import hyperparameters
+    from automl_images.core import hyperparameters
 
     torch.manual_seed(0)
     hp = hyperparameters.resolve(hyperparameters.Task.CLASSIFICATION, {"model_name": "resnet18"})
@@ -202,7 +202,8 @@ def test_checkpoint_state_round_trips_into_fresh_objects():
 def test_background_writes_keep_their_order_and_surface_failures():
     """Checkpoints and status go through one background thread: in order (status N never before
     checkpoint N), at most one checkpoint waiting, and a failed write raised to the trainer."""
-    from automl_images.trainer.report import BackgroundWriter, Reporter, TrialStatus
+    from automl_images.core.records import TrialStatus
+    from automl_images.trainer.report import BackgroundWriter, Reporter
 
     writer = BackgroundWriter(max_heavy=1)
     done: list[int] = []

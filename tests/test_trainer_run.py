@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from automl_images.core.hyperparameters import Task, resolve
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage
 from automl_images.trainer import checkpoint, export, run
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -52,7 +53,7 @@ def write_spec(folder, dataset, validation: bool = True, **hyperparameters) -> s
           "early_stopping": 0, **hyperparameters}
     spec = {"job_id": "job", "trial_id": folder.name, "task": "image-classification",
             "primary_metric": "accuracy", "training_data": train, "validation_data": val if validation else None,
-            "hyperparameters": hp, "output": str(folder), "seed": 3}
+            "hyperparameters": resolve(Task.CLASSIFICATION, hp), "output": str(folder), "seed": 3}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec))
     return str(folder / "spec.json")
@@ -236,10 +237,13 @@ def test_invalid_spec_exits_3_and_marks_the_trial_failed(tmp_path, dataset, caps
     folder = tmp_path / "trial"
     spec = write_spec(folder, dataset)
     content = read(folder, "spec.json")
-    content["hyperparameters"]["learning_rate"] = 7
+    del content["hyperparameters"]["learning_rate"]
     (folder / "spec.json").write_text(json.dumps(content))
     assert run.main([spec]) == 3
-    assert "hyperparameters.learning_rate" in capsys.readouterr().err
+    assert "hyperparameters.learning_rate: missing" in capsys.readouterr().err
     status = read(folder, FILES.status)
     assert status["status"] == "failed" and "learning_rate" in status["error"]["message"]
+    (folder / "spec.json").write_text(json.dumps({**content, "schema_version": 99}))
+    assert run.main([spec]) == 3
+    assert "schema_version 99 is not supported" in capsys.readouterr().err
     assert run.main([str(tmp_path / "missing" / "spec.json")]) == 3

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import textwrap
 
+from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
+
 from automl_images.controller import warmstart
 from automl_images.controller.loop import Controller
 from automl_images.controller.search import Observation, make_sampler
 from automl_images.controller.spec import parse_job
-from automl_images.controller.store import Root
-from automl_images.trainer.report import FILES
-from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
+from automl_images.core.layout import FILES, Root
 
 
 def spec_of(space: str, extra: str = ""):

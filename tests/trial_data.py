@@ -10,8 +10,10 @@ import sys
 import numpy as np
 from PIL import Image
 
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage, join
+from automl_images.core import hyperparameters as hyperparameters_registry
+from automl_images.core.hyperparameters import Task
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage, join
 
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 CLI = os.path.join(os.path.dirname(sys.executable), "automl-images")
@@ -63,7 +65,8 @@ def write_spec(root: Storage, trial: str, train: str, val: str | None, seed: int
     """The spec of trial folder `trial` below `root`; returns its URL."""
     defaults = CLASSIFICATION_HP if task == "image-classification" else DETECTION_HP
     spec = {"job_id": "job", "trial_id": trial, "task": task, "primary_metric": PRIMARY_METRICS[task],
-            "training_data": train, "validation_data": val, "hyperparameters": {**defaults, **hyperparameters},
+            "training_data": train, "validation_data": val,
+            "hyperparameters": hyperparameters_registry.resolve(Task(task), {**defaults, **hyperparameters}),
             "output": root.url(trial), "seed": seed, **(spec_fields or {})}
     root.write_json(join(trial, FILES.spec), spec)
     return root.url(join(trial, FILES.spec))

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage
+
 from .data import DataError
-from .report import FILES
-from .storage import Storage
 
 FORMAT_VERSION = 1
 

@@ -57,11 +57,12 @@ from xml.etree import ElementTree
 import yaml
 from PIL import Image
 
+from automl_images.core.hyperparameters import Task
+from automl_images.core.problems import MAX_LISTED, Problems
+from automl_images.core.storage import Storage
+
 from .detection_labels import boolean, number
-from .hyperparameters import Task
 from .labels import class_name
-from .problems import MAX_LISTED, Problems
-from .storage import Storage
 
 FORMATS = ("coco", "voc", "yolo")
 CONVERTED_TASKS = (Task.OBJECT_DETECTION, Task.INSTANCE_SEGMENTATION, Task.MULTI_LABEL)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .storage import filesystem, is_url, join, resolve, with_retries
+from automl_images.core.storage import filesystem, is_url, join, resolve, with_retries
 
 # A decompression bomb (a tiny PNG that decodes to gigapixels) must fail as a bad image, not take
 # the machine's memory. Checked from the header before decoding (PIL itself only refuses twice

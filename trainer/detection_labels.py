@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable
 
-from .hyperparameters import Task
+from automl_images.core.hyperparameters import Task
+
 from .labels import class_name
 
 BOX_FIELDS = ("topX", "topY", "bottomX", "bottomY")

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from automl_images.core.trial_spec import SpecError
+
 from . import distributed
-from .config import SpecError
 
 # Environment variable: how many CPU threads torch may use (the local launcher runs several trials
 # on one machine, each with a share of the cores).

@@ -37,11 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from automl_images.core.hyperparameters import Task
+from automl_images.core.problems import Problems
+from automl_images.core.storage import filesystem, resolve, with_retries
+
 from . import metrics
-from .hyperparameters import Task
 from .labels import PARSERS as LABEL_PARSERS
-from .problems import Problems
-from .storage import filesystem, resolve, with_retries
 
 SUM_TOLERANCE = 0.01      # multi-class scores must sum to 1 within this
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2

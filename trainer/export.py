@@ -15,10 +15,11 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from automl_images.core.hyperparameters import Task
+from automl_images.core.layout import FILES
+from automl_images.core.storage import Storage, filesystem, with_retries
+
 from . import data
-from .hyperparameters import Task
-from .report import FILES
-from .storage import Storage, filesystem, with_retries
 from .tasks import get_adapter
 
 FORMAT_VERSION = 2   # 2: the trial's hyperparameters and decode_size

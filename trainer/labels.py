@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from .hyperparameters import Task
+from automl_images.core.hyperparameters import Task
 
 
 def class_name(value: Any) -> str:

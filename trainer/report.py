@@ -1,70 +1,18 @@
-"""The trial folder: what a trial writes for the controller and reads from it.
-
-A trial folder (`<root>/jobs/<job_id>/trials/<trial_id>/`) holds:
-
-- `spec.json`         the trial spec (written once by the controller, see `config.py`)
-- `status.json`       the trainer's status: running / completed / failed / stopped, the history of
-                      the primary metric, the best metrics, errors, skipped images
-- `metrics/NNNNNN.json` every evaluation's full metrics, one object per evaluation (epoch)
-- `stop.json`         a stop request from the controller, honoured at the next evaluation
-- `checkpoints/last.pt` everything resume needs (see `checkpoint.py`)
-- `model/`            the final model: `model.pt` (weights) and `model.json` (labels, preprocessing)
-- `logs/`             the trainer's log
-
-This module is the trainer's public contract: the controller imports `TrialStatus` and
-`TrialFiles` from here and never writes a key the trainer owns while the trainer is alive.
-"""
+"""Writing a running trial's folder: status, metrics, stop requests (the keys are
+`automl_images.core.layout.TrialFiles`; the statuses `automl_images.core.records`). The controller
+never writes a key the trainer owns while the trainer is alive."""
 from __future__ import annotations
 
-import enum
 import json
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from .storage import Storage, join
-
-
-class TrialStatus(str, enum.Enum):
-    PENDING = "pending"       # created by the controller, not started (or between attempts)
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    STOPPED = "stopped"       # stopped on request (early termination, cancel, timeout)
-
-    def is_terminal(self) -> bool:
-        return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
-
-
-class ErrorKind(str, enum.Enum):
-    """Why a trial failed: decides whether the controller retries it or blames the job."""
-    USER = "user"                  # bad data, bad settings: retrying cannot help
-    INFRASTRUCTURE = "infrastructure"  # lost machine, preemption: retried
-    INTERNAL = "internal"          # a bug in the trainer: reported, not retried
-
-
-@dataclass(frozen=True)
-class TrialFiles:
-    """Key names inside one trial folder, relative to the folder."""
-    spec: str = "spec.json"
-    status: str = "status.json"
-    metrics_dir: str = "metrics"
-    stop: str = "stop.json"
-    checkpoint: str = "checkpoints/last.pt"
-    model_dir: str = "model"
-    model_weights: str = "model/model.pt"
-    model_info: str = "model/model.json"
-    logs_dir: str = "logs"
-    launch: str = "launch.json"     # written by the controller: launcher handle and attempts
-
-    def metrics(self, evaluation: int) -> str:
-        return f"{self.metrics_dir}/{evaluation:06d}.json"
-
-
-FILES = TrialFiles()
+from automl_images.core.layout import FILES
+from automl_images.core.records import TrialStatus
+from automl_images.core.storage import Storage, join
 
 
 class BackgroundWriter:

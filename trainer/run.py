@@ -23,11 +23,14 @@ from typing import Any, Callable
 
 import torch
 
+from automl_images.core.hyperparameters import metric_direction
+from automl_images.core.layout import FILES
+from automl_images.core.records import ErrorKind, TrialStatus
+from automl_images.core.storage import Storage, filesystem, with_retries
+from automl_images.core.trial_spec import SpecError, TrialSpec
+
 from . import checkpoint, data, distributed, engine, export
-from .config import SpecError, TrialSpec
-from .hyperparameters import metric_direction
-from .report import FILES, BackgroundWriter, ErrorKind, Reporter, TrialStatus
-from .storage import Storage, filesystem, with_retries
+from .report import BackgroundWriter, Reporter
 from .tasks import get_adapter
 
 log = logging.getLogger(__package__)

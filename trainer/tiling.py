@@ -21,8 +21,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.ops import batched_nms, box_area
 
-from .config import SpecError
-from .hyperparameters import grid_size
+from automl_images.core.hyperparameters import grid_size
+from automl_images.core.trial_spec import SpecError
 
 Region = tuple[int, int, int, int]     # x0, y0, x1, y1 in pixels, x1 and y1 exclusive
 

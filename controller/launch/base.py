@@ -2,22 +2,10 @@
 launcher's business, what it does is `automl-images trial run SPEC_URL`."""
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-
-class RunState(str, enum.Enum):
-    PENDING = "pending"        # accepted, not running yet (queued, provisioning)
-    RUNNING = "running"
-    RECOVERING = "recovering"  # lost its machine and is being relaunched by the launcher: not a failure
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    GONE = "gone"              # no longer runs and its outcome is unknown to the launcher
-
-    def is_terminal(self) -> bool:
-        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.GONE)
+from automl_images.core.records import RunState
 
 
 @dataclass(frozen=True)

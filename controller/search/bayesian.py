@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from automl_images.trainer import hyperparameters as hps
+from automl_images.core import hyperparameters as hps
 
 from ..distributions import Distribution
 from ..spec import JobSpec

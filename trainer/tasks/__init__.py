@@ -11,9 +11,10 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 import torch
 from PIL import Image
 
-from ..config import SpecError
+from automl_images.core.hyperparameters import Task
+from automl_images.core.trial_spec import SpecError
+
 from ..data import ImageDataset, Sample
-from ..hyperparameters import Task
 from .classification import ClassificationAdapter
 from .detection import DetectionAdapter, SegmentationAdapter
 from .multilabel import MultiLabelAdapter

@@ -5,17 +5,17 @@ import math
 from typing import Any, Mapping, Sequence
 
 import torch
-
 from PIL import Image
 
+from automl_images.core import models as registry
+from automl_images.core.hyperparameters import PRIMARY_METRICS, Task
+from automl_images.core.trial_spec import SpecError
+
 from .. import models, presets
-from ..config import SpecError
 from ..data import ImageDataset, Sample
-from ..hyperparameters import PRIMARY_METRICS, Task
 from ..labels import class_name
 from ..metrics import multiclass as multiclass_metrics
 from ..presets import DEFAULT_TRAIN_PRESET, Preprocessing
-
 
 # Models that train faster with channels-last weights. mobilenetv2's depthwise convolutions: an SGD
 # step 39% faster at 32 px and 23% at 224 px on one CPU thread, 18% faster on an H100 in bfloat16
@@ -99,7 +99,7 @@ class ClassificationAdapter:
             raise SpecError(f"trial spec hyperparameters.crop_size: {crop} is larger than "
                             f"resize_size {resize}; the crop is taken from the resized image")
         try:
-            models.check_input_size(hyperparameters["model_name"], crop)
+            registry.check_input_size(hyperparameters["model_name"], crop)
         except KeyError:
             pass  # an unknown model is reported by build_model, with its field
         except ValueError as exc:
@@ -128,7 +128,7 @@ class ClassificationAdapter:
     def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
                     weights_cache: str | None = None) -> torch.nn.Module:
         try:
-            info = models.get(hyperparameters["model_name"])
+            info = registry.get(hyperparameters["model_name"])
         except KeyError as exc:
             raise SpecError(f"trial spec hyperparameters.model_name: {exc.args[0]}") from None
         if self.task not in info.tasks:

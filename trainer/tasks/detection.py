@@ -24,13 +24,14 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
+from automl_images.core.hyperparameters import PRIMARY_METRICS, Task
+from automl_images.core.trial_spec import SpecError
+
 from .. import engine, models, tiling
-from ..masks import mask_polygons, polygon_mask
-from ..config import SpecError
 from ..data import ImageDataset, Sample, image_size, open_image
 from ..detection_labels import DetectionLabel, DetectionObject, parser
 from ..detection_metrics import ImageResult, detection_metrics
-from ..hyperparameters import PRIMARY_METRICS, Task
+from ..masks import mask_polygons, polygon_mask
 
 # model name -> (torchvision builder, backbone depth for resnet_fpn_backbone or None, has masks)
 DETECTORS = {

@@ -12,10 +12,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..config import SpecError
-from ..hyperparameters import PRIMARY_METRICS, Task
+from automl_images.core.hyperparameters import PRIMARY_METRICS, Task
+from automl_images.core.trial_spec import SpecError
+
 from ..labels import class_list
-from ..metrics import MULTILABEL_THRESHOLD, multilabel as multilabel_metrics
+from ..metrics import MULTILABEL_THRESHOLD
+from ..metrics import multilabel as multilabel_metrics
 from .classification import ClassificationAdapter
 
 

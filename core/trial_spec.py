@@ -1,7 +1,11 @@
 """The trial spec: everything one trial needs, with every default resolved.
 
-The controller writes it once as `spec.json` in the trial folder; `automl-images trial run SPEC_URL`
-reads it. It is plain JSON so that a person can read it and rerun a trial by hand.
+The controller builds it once, from the job spec saved at acceptance, and writes it as `spec.json`
+in the trial folder; `automl-images trial run SPEC_URL` reads it. The trainer checks its schema
+version and the shape of its fields, and trusts the rest: the hyperparameters were validated and
+resolved against the registry (`hyperparameters.py`) when the job was accepted, so a trainer built
+from a newer registry runs the trial exactly as the job was accepted. It is plain JSON so that a
+person can read it and rerun a trial by hand.
 """
 from __future__ import annotations
 
@@ -9,8 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import hyperparameters as hp_registry
-from .hyperparameters import Task
+from .hyperparameters import Task, for_task
 
 SCHEMA_VERSION = 1
 
@@ -65,16 +68,15 @@ class TrialSpec:
             task = Task(data["task"])
         except ValueError:
             raise SpecError(f"trial spec field 'task': unknown task {data['task']!r}") from None
-        hyperparameters = dict(data["hyperparameters"])
-        for name, value in hyperparameters.items():
-            definition = hp_registry.HYPERPARAMETERS.get(name)
-            if definition is None:
-                raise SpecError(f"trial spec hyperparameters.{name}: unknown hyperparameter")
-            if value is None:
-                continue
-            _, error = definition.check(value)
-            if error:
-                raise SpecError(f"trial spec hyperparameters.{name}: {error}")
+        hyperparameters = data["hyperparameters"]
+        if not isinstance(hyperparameters, dict):
+            raise SpecError("trial spec field 'hyperparameters' must be an object")
+        missing = [hp.name for hp in for_task(task, hyperparameters.get("model_name"))
+                   if hp.name not in hyperparameters]
+        if missing:
+            raise SpecError(f"trial spec hyperparameters.{missing[0]}: missing ({len(missing)} missing in all: "
+                            f"{', '.join(missing)}); the controller writes every hyperparameter of the task and "
+                            "model, resolved, and a spec written by hand must too")
         datastores = data.get("datastores") or {}
         if not isinstance(datastores, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in datastores.items()):
@@ -85,7 +87,7 @@ class TrialSpec:
         fields = {k: v for k, v in data.items() if k in known}
         fields["datastores"] = dict(datastores)
         fields["task"] = task
-        fields["hyperparameters"] = hp_registry.resolve(task, hyperparameters)
+        fields["hyperparameters"] = dict(data["hyperparameters"])
         return cls(**fields)
 
     @classmethod

@@ -24,7 +24,7 @@ _TRANSIENT_MARKERS = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", 
                       "503", "500", "502", "504", "Connection", "timed out", "Timeout")
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)):
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
@@ -39,8 +39,8 @@ def with_retries(call: Callable[[], T], attempts: int = 5, first_delay_s: float 
     for attempt in range(attempts):
         try:
             return call()
-        except Exception as exc:  # noqa: BLE001 - filtered by _is_transient
-            if attempt == attempts - 1 or not _is_transient(exc):
+        except Exception as exc:  # noqa: BLE001 - filtered by is_transient
+            if attempt == attempts - 1 or not is_transient(exc):
                 raise
             time.sleep(delay)
             delay *= 2

@@ -1,31 +1,77 @@
-"""The bucket layout: every key the controller reads or writes, in one place.
+"""The bucket layout: every key of a root, a job and a trial, in one place.
 
     <root>/inbox/*.yaml                          the drop zone: job files waiting to be accepted
     <root>/uploads/<job_id>/...                  data that `submit` uploaded for a job
     <root>/jobs/<job_id>/job.yaml                the job file as the user wrote it, byte for byte
-    <root>/jobs/<job_id>/spec.json               the validated spec, data paths made absolute
-    <root>/jobs/<job_id>/state.json              the job's status (see state.py)
+    <root>/jobs/<job_id>/spec.json               the validated job spec, defaults resolved, data
+                                                 paths made absolute (saved once, at acceptance)
+    <root>/jobs/<job_id>/state.json              the job's status (records.JobStatus)
     <root>/jobs/<job_id>/error.json              why the job was rejected or failed
     <root>/jobs/<job_id>/cancel.json             a cancel request (`automl-images cancel`)
+    <root>/jobs/<job_id>/lease-<n>.json          the chain of leases of the controller acting on it
+    <root>/jobs/<job_id>/warm_start.json         the warm-start seeds, gathered once
+    <root>/jobs/<job_id>/trials.json             every finished trial in one object (a cache)
     <root>/jobs/<job_id>/leaderboard.json|.csv   trials ranked by the primary metric
     <root>/jobs/<job_id>/best/                   a copy of the best trial's model/ and trial.json
-    <root>/jobs/<job_id>/trials/<trial_id>/      one trial: files named in trainer.report.TrialFiles
+    <root>/jobs/<job_id>/trials/<trial_id>/      one trial: the files of `TrialFiles`
 
 A root is any fsspec URL or a local folder.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from automl_images.trainer.report import FILES
-from automl_images.trainer.storage import Storage, join
+from .storage import Storage, join
 
 INBOX = "inbox"
 JOBS = "jobs"
 UPLOADS = "uploads"
 
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+TRIAL_ID = re.compile(r"^t\d{4,}$")
+LEASE_NAME = re.compile(r"^lease-(\d{8,})\.json$")
+
+
+@dataclass(frozen=True)
+class TrialFiles:
+    """Key names inside one trial folder, relative to the folder.
+
+    - `spec.json`         the trial spec (written once by the controller, see `trial_spec.py`)
+    - `launch.json`       the controller's launch record: launcher handle, attempts, cost
+    - `status.json`       the trainer's status: running / completed / failed / stopped, the history
+                          of the primary metric, the best metrics, errors, skipped images
+    - `metrics/NNNNNN.json` every evaluation's full metrics, one object per evaluation (epoch)
+    - `stop.json`         a stop request from the controller, honoured at the next evaluation
+    - `checkpoints/last.pt` everything resume needs (trainer/checkpoint.py), and
+      `checkpoints/epoch_NNNN.pt` the extra ones kept every `checkpoint_frequency` epochs
+    - `model/`            the final model: `model.pt` (weights) and `model.json` (labels, preprocessing)
+    - `logs/`             the trainer's log and, once an attempt ended, the launcher's
+    """
+    spec: str = "spec.json"
+    status: str = "status.json"
+    metrics_dir: str = "metrics"
+    stop: str = "stop.json"
+    checkpoint: str = "checkpoints/last.pt"
+    model_dir: str = "model"
+    model_weights: str = "model/model.pt"
+    model_info: str = "model/model.json"
+    logs_dir: str = "logs"
+    trainer_log: str = "logs/trainer.log"
+    launch: str = "launch.json"
+
+    def metrics(self, evaluation: int) -> str:
+        return f"{self.metrics_dir}/{evaluation:06d}.json"
+
+    def epoch_checkpoint(self, epoch: int) -> str:
+        return f"checkpoints/epoch_{epoch:04d}.pt"
+
+    def launcher_log(self, attempt: int) -> str:
+        return f"{self.logs_dir}/launcher-attempt-{attempt}.log"
+
+
+FILES = TrialFiles()
 
 
 def job_id_from_name(name: str) -> str:
@@ -39,10 +85,6 @@ def job_id_from_name(name: str) -> str:
 
 def trial_id(index: int) -> str:
     return f"t{index:04d}"
-
-
-def trial_index(trial: str) -> int:
-    return int(trial[1:])
 
 
 class Root:
@@ -87,6 +129,19 @@ class Root:
     def cancel_request(self, job: str) -> str:
         return self.job_key(job, "cancel.json")
 
+    def lease(self, job: str, number: int) -> str:
+        return self.job_key(job, f"lease-{number:08d}.json")
+
+    def lease_numbers(self, job: str) -> list[int]:
+        """The numbers of the job's lease objects, ascending (one listing of the job's folder)."""
+        return sorted(int(m.group(1)) for m in map(LEASE_NAME.match, self.storage.list(self.job_key(job))) if m)
+
+    def warm_start(self, job: str) -> str:
+        return self.job_key(job, "warm_start.json")
+
+    def trials_summary(self, job: str) -> str:
+        return self.job_key(job, "trials.json")
+
     def leaderboard(self, job: str, extension: str = "json") -> str:
         return self.job_key(job, f"leaderboard.{extension}")
 
@@ -95,7 +150,7 @@ class Root:
 
     # -- trials ---------------------------------------------------------------------------------
     def trial_ids(self, job: str) -> list[str]:
-        return [n for n in self.storage.list(self.job_key(job, "trials")) if re.fullmatch(r"t\d{4,}", n)]
+        return [n for n in self.storage.list(self.job_key(job, "trials")) if TRIAL_ID.fullmatch(n)]
 
     def trial_prefix(self, job: str, trial: str) -> str:
         return self.job_key(job, join("trials", trial))

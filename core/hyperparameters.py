@@ -43,6 +43,13 @@ def metric_direction(metric: str) -> str:
     return "minimize" if metric in MINIMIZED_METRICS else "maximize"
 
 
+def oriented(metric: str, value: float) -> float:
+    """`value` of `metric` as a score where higher is better: the one place where minimised
+    metrics are negated (samplers, stopping policies, the leaderboard and early stopping all rank
+    by it)."""
+    return -value if metric in MINIMIZED_METRICS else value
+
+
 class Kind(str, enum.Enum):
     INT = "int"
     FLOAT = "float"

@@ -1,13 +1,43 @@
-"""Job and trial records as the controller sees them, rebuilt from the bucket on every pass."""
+"""The records that the controller and the trainer exchange through the bucket: the statuses of a
+job, a trial and a launcher's run (enums with `is_terminal()`), and the views of a trial and a job
+that the controller rebuilds from the bucket on every pass (`trials.py` reads them)."""
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from automl_images.trainer.report import ErrorKind, TrialStatus
 
-from .launch.base import RunState
+class TrialStatus(str, enum.Enum):
+    PENDING = "pending"       # created by the controller, not started (or between attempts)
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"       # stopped on request (early termination, cancel, timeout)
+
+    def is_terminal(self) -> bool:
+        return self in (TrialStatus.COMPLETED, TrialStatus.FAILED, TrialStatus.STOPPED)
+
+
+class ErrorKind(str, enum.Enum):
+    """Why a trial failed: decides whether the controller retries it or blames the job."""
+    USER = "user"                  # bad data, bad settings: retrying cannot help
+    INFRASTRUCTURE = "infrastructure"  # lost machine, preemption: retried
+    INTERNAL = "internal"          # a bug in the trainer: reported, not retried
+
+
+class RunState(str, enum.Enum):
+    """What a launcher says of one run (one attempt of a trial)."""
+    PENDING = "pending"        # accepted, not running yet (queued, provisioning)
+    RUNNING = "running"
+    RECOVERING = "recovering"  # lost its machine and is being relaunched by the launcher: not a failure
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    GONE = "gone"              # no longer runs and its outcome is unknown to the launcher
+
+    def is_terminal(self) -> bool:
+        return self in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.GONE)
 
 
 class JobStatus(str, enum.Enum):
