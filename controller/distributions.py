@@ -72,11 +72,11 @@ class Distribution:
         if self.name in ("uniform", "quniform"):
             low, high = self.args[0], self.args[1]
             if self.q:
-                return (_quantize(low, self.q), _quantize(high, self.q))
+                return (quantize(low, self.q), quantize(high, self.q))
             return (low, high)
         if self.name in ("loguniform", "qloguniform"):
             low, high = math.exp(self.args[0]), math.exp(self.args[1])
-            return (_quantize(low, self.q), _quantize(high, self.q)) if self.q else (low, high)
+            return (quantize(low, self.q), quantize(high, self.q)) if self.q else (low, high)
         return None  # normal families: unbounded (lognormal: (0, inf))
 
     def probability_within(self, low: float | None, high: float | None) -> float:
@@ -116,7 +116,7 @@ class Distribution:
         else:  # lognormal, qlognormal
             value = math.exp(rng.normal(args[0], args[1]))
         if self.q:
-            value = _quantize(value, self.q)
+            value = quantize(value, self.q)
             return int(value) if self.produces_integers() else value
         return float(value)
 
@@ -127,7 +127,8 @@ class Distribution:
         return {"distribution": self.name, "args": list(self.args)}
 
 
-def _quantize(value: float, q: float) -> float:
+def quantize(value: float, q: float) -> float:
+    """`value` rounded to a multiple of `q`, as AzureML's q-distributions round."""
     return round(value / q) * q
 
 

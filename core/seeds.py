@@ -6,6 +6,7 @@ controller, a resumed trial and a rerun job draw exactly the same numbers.
     rank_seed(trial_seed, rank)          one process of a distributed trial (its own augmentations)
     sampler_rng(job_seed, index, stream) the sampler's generator for trial `index`; `stream` keeps
                                          independent draws for one trial apart (SamplerStream)
+    sampler_seed(job_seed, index)        the same as one integer, for libraries that take a seed
 
 The formulas are those the project has always used, so that jobs seeded before this module keep
 their trials' numbers.

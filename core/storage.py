@@ -8,29 +8,85 @@ folder, both of which fail when the key already exists.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
+import re
+import sys
 import time
 import uuid
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 
 T = TypeVar("T")
 
-# Errors worth retrying: the bucket or the network hiccupped, the request itself was fine.
-_TRANSIENT_MARKERS = ("SlowDown", "Throttl", "RequestTimeout", "InternalError", "ServiceUnavailable",
-                      "503", "500", "502", "504", "Connection", "timed out", "Timeout")
+# Errors worth retrying: the bucket or the network hiccupped, the request itself was fine. The
+# error codes and HTTP statuses are those botocore's standard retry mode retries (throttling and
+# transient errors, botocore/retries/standard.py), with S3's InternalError and ServiceUnavailable.
+_TRANSIENT_CODES = frozenset({
+    "RequestTimeout", "RequestTimeoutException", "PriorRequestNotComplete", "InternalError", "ServiceUnavailable",
+    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottledException", "RequestThrottled",
+    "TooManyRequestsException", "ProvisionedThroughputExceededException", "TransactionInProgressException",
+    "RequestLimitExceeded", "BandwidthLimitExceeded", "LimitExceededException", "SlowDown", "EC2ThrottledException",
+})
+_TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+# Connection failures that the OS reports by number only (resets and refusals arrive typed, as
+# ConnectionError; a timeout as TimeoutError).
+_TRANSIENT_ERRNOS = frozenset({errno.ENETDOWN, errno.ENETUNREACH, errno.ENETRESET, errno.EHOSTUNREACH,
+                               errno.EHOSTDOWN})
+# The one untyped case: fsspec backends that turn the server's answer into a bare OSError, keeping
+# only its message (s3fs does so for codes it does not map, though it chains the ClientError, which
+# `_typed_transient` reads first; other backends do not chain it). The message then carries the
+# S3 error code in parentheses or the HTTP status.
+_TRANSIENT_MESSAGE = re.compile(r"\((?:%s)\)|\b(?:%s)\b" % ("|".join(sorted(_TRANSIENT_CODES)),
+                                                             "|".join(map(str, sorted(_TRANSIENT_STATUSES)))))
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)):
-        return False
+    """Whether `exc`, raised by a bucket call, is worth retrying: by its type or by the type of an
+    error it was raised from (`__cause__`: s3fs chains the botocore ClientError); by its message
+    only for a bare OSError."""
+    for error in _causes(exc):
+        if isinstance(error, (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)):
+            return False
+        if _typed_transient(error):
+            return True
+    return type(exc) is OSError and bool(_TRANSIENT_MESSAGE.search(str(exc)))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, the error it was raised from, that one's, and so on."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__
+
+
+def _typed_transient(exc: BaseException) -> bool:
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    text = f"{type(exc).__name__} {exc}"
-    return any(marker in text for marker in _TRANSIENT_MARKERS)
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    # botocore and aiohttp come with s3fs; a bucket on a folder runs without them. An error of
+    # theirs can only exist once they are imported, so they are looked up, never imported here.
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        if isinstance(exc, botocore.ClientError):
+            response = exc.response or {}
+            return (response.get("Error", {}).get("Code") in _TRANSIENT_CODES or
+                    response.get("ResponseMetadata", {}).get("HTTPStatusCode") in _TRANSIENT_STATUSES)
+        # ConnectionError: EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError;
+        # HTTPClientError: ReadTimeoutError, ConnectionClosedError, a response cut short.
+        if isinstance(exc, (botocore.ConnectionError, botocore.HTTPClientError)):
+            return True
+    aiohttp = sys.modules.get("aiohttp")
+    # ClientConnectionError: refused, reset, disconnected or timed out; ClientPayloadError: a body
+    # cut short.
+    return aiohttp is not None and isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError))
 
 
 def with_retries(call: Callable[[], T], attempts: int = 5, first_delay_s: float = 0.2) -> T:
@@ -157,14 +213,6 @@ class Storage:
     def upload_file(self, local_path: str, key: str) -> None:
         with open(local_path, "rb") as f:
             self.write_bytes(key, f.read())
-
-    def download_file(self, key: str, local_path: str) -> None:
-        data = self.read_bytes(key)
-        os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
-        tmp = f"{local_path}.tmp-{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, local_path)
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Write `key` only if it does not exist yet. True when this call created it."""

@@ -3,22 +3,19 @@ from __future__ import annotations
 
 from ..spec import JobSpec
 from .base import Observation, Proposal, Sampler
+from .bayesian import BayesianSampler
+from .grid import GridSampler
+from .random import RandomSampler
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    "random": RandomSampler,
+    "grid": GridSampler,
+    "bayesian": BayesianSampler,
+}
 
 
 def make_sampler(spec: JobSpec) -> Sampler:
-    if spec.sampling == "random":
-        from .random import RandomSampler
-
-        return RandomSampler(spec)
-    if spec.sampling == "grid":
-        from .grid import GridSampler
-
-        return GridSampler(spec)
-    if spec.sampling == "bayesian":
-        from .bayesian import BayesianSampler
-
-        return BayesianSampler(spec)
-    raise ValueError(f"sampling {spec.sampling!r} is not available in this version")
+    return SAMPLERS[spec.sampling](spec)
 
 
-__all__ = ["Observation", "Proposal", "Sampler", "make_sampler"]
+__all__ = ["Observation", "Proposal", "SAMPLERS", "Sampler", "make_sampler"]

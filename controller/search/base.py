@@ -43,6 +43,13 @@ class Sampler(Protocol):
         """How many distinct proposals exist (grid), or None when unbounded."""
 
 
+def sample_params(spec: JobSpec, subspace: int, rng: np.random.Generator) -> dict[str, Any]:
+    """One draw of each distribution of `subspace`, in the order of their names."""
+    space = spec.search_space[subspace]
+    return {name: sample_value(spec, name, value, rng)
+            for name, value in sorted(space.items()) if isinstance(value, Distribution)}
+
+
 def sample_value(spec: JobSpec, name: str, dist: Distribution, rng: np.random.Generator) -> Any:
     """One draw of `dist`; unbounded draws (normal families) outside the parameter's range are
     drawn again, so every proposal passes validation."""

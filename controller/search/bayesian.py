@@ -8,18 +8,15 @@ look next, refit from the saved history on every ask.
 
 Like every sampler here it keeps no private state: each `ask` builds a fresh `skopt.Optimizer`
 from the finished trials (and the running ones, see below), with a random state drawn from (job
-seed, trial index), so a restarted controller proposes exactly what the dead one would have.
+seed, trial index) (core.seeds), so a restarted controller proposes exactly what the dead one
+would have.
 
-- Each hyperparameter's prior comes from its distribution (`_axis`): `choice` is categorical (over
-  the values' positions, so any mix of types works), `randint` and the q-distributions are
-  integers (`quniform`, `qnormal`: the step count k of the value k*q), `uniform` and `loguniform`
-  are real ranges (log-uniform for the latter, with AzureML's natural-log bounds), `qloguniform`
-  and `qlognormal` are log-uniform ranges rounded to their q. The normal families are unbounded:
-  the optimizer searches mu ± 3 sigma (exp of that for lognormal), cut to the hyperparameter's
-  range, uniformly; the initial random trials still draw from the normal itself.
-- The metric's direction is handled once (`_objective`): skopt minimises, so maximised metrics are
-  negated. A trial that failed counts as the worst value seen (the optimizer learns to avoid what
-  breaks); one that was stopped early counts with its best metric so far.
+- Each hyperparameter's prior comes from its distribution (search/axes.py); the initial random
+  trials draw from the distributions themselves (`random_proposal`).
+- skopt minimises: the objective is the negated score of `core.hyperparameters.oriented`, which
+  alone knows which metrics are better lower (`_objective`). A trial that failed counts as the
+  worst value seen (the optimizer learns to avoid what breaks); one that was stopped early counts
+  with its best metric so far.
 - Parallel proposals use a constant liar: running trials, and the proposals made earlier in the
   same batch, are told to the optimizer with the mean of the values seen, so that proposals made
   at once spread out instead of piling onto the same point.
@@ -40,16 +37,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from automl_images.core import hyperparameters as hps
+from automl_images.core.seeds import SamplerStream, sampler_rng, sampler_seed
 
 from ..distributions import Distribution
 from ..spec import JobSpec
+from .axes import Axis, axis, is_finite_number
 from .base import Observation, Proposal, sample_value
+from .random import random_proposal
 
 N_CANDIDATES = 1000        # random points where the acquisition is evaluated (skopt: 10,000)
 GP_FIT_ITERATIONS = 20     # L-BFGS steps of the GP's kernel fit (sklearn: up to 15,000, 3 starts)
@@ -58,140 +55,6 @@ GP_MAX_POINTS = 80         # observations a GP is fitted on (its kernel fit grow
 FOREST_TREES = 32          # trees of the rf / et surrogates (skopt: 100; sklearn's cost is per tree)
 BLAS_THREADS = 1           # the fits are small matrices: more threads only contend (4x slower on 2 cores)
 UCB_EXPLORATION = 0.5      # weight of the exploration bonus when choosing a subspace
-
-
-@dataclass(frozen=True)
-class _Axis:
-    """One sampled hyperparameter as the optimizer sees it. `kind`: choice (the optimizer works on
-    the values' positions), int, steps (an integer k for the value k*q), real, log-steps (a
-    log-uniform real rounded to q). `dimension` is None when only `fixed` is possible."""
-    name: str
-    kind: str
-    dimension: Any
-    values: tuple = ()
-    q: float | None = None
-    integers: bool = False
-    low: float | None = None
-    high: float | None = None
-    fixed: Any = None
-
-    def decode(self, x: Any) -> Any:
-        if self.kind == "choice":
-            return self.values[int(x)]
-        if self.kind == "int":
-            return int(x)
-        if self.kind == "steps":
-            return _step_value(int(x), self.q, self.integers)
-        if self.kind == "log-steps":
-            return _step_value(int(round(float(x) / self.q)), self.q, self.integers)
-        return float(x)
-
-    def encode(self, value: Any) -> Any | None:
-        """The optimizer's coordinate of `value`; None when this axis cannot produce it."""
-        if self.dimension is None:
-            return None
-        if self.kind == "choice":
-            return next((i for i, v in enumerate(self.values) if _same(v, value)), None)
-        if not _is_number(value):
-            return None
-        value = float(value)
-        if self.kind == "int":
-            ok = value.is_integer() and self.low <= value <= self.high
-            return int(value) if ok else None
-        if self.kind in ("steps", "log-steps"):
-            k = round(value / self.q)
-            if abs(k * self.q - value) > 1e-9 * max(1.0, abs(value)):
-                return None
-            if self.kind == "steps":
-                return k if self.low <= k <= self.high else None
-            lowest, highest = _quantize(self.low, self.q), _quantize(self.high, self.q)
-            if not lowest - 1e-12 <= value <= highest + 1e-12:
-                return None
-            return min(max(value, self.low), self.high)
-        tolerance = 1e-9 * max(1.0, abs(self.high))
-        if not self.low - tolerance <= value <= self.high + tolerance:
-            return None
-        return min(max(value, self.low), self.high)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if _is_number(a) and _is_number(b):
-        return float(a) == float(b)
-    return type(a) is type(b) and a == b
-
-
-def _quantize(value: float, q: float) -> float:
-    return round(value / q) * q
-
-
-def _step_value(k: int, q: float, integers: bool) -> Any:
-    value = k * q
-    return int(round(value)) if integers else float(round(value, 12))
-
-
-def _axis(name: str, dist: Distribution) -> _Axis:
-    """The optimizer's view of `dist` (see the module docstring)."""
-    from skopt.space import Categorical, Integer, Real
-
-    definition = hps.HYPERPARAMETERS[name]
-    kind, args = dist.name, dist.args
-    if kind == "choice":
-        values = tuple(args)
-        if len(values) == 1:
-            return _Axis(name, "choice", None, values, fixed=values[0])
-        return _Axis(name, "choice", Categorical(list(range(len(values)))), values)
-    if kind == "randint":
-        high = int(args[0]) - 1
-        if high == 0:
-            return _Axis(name, "int", None, fixed=0)
-        return _Axis(name, "int", Integer(0, high), low=0, high=high)
-    q = dist.q
-    integers = dist.produces_integers()
-    if kind in ("uniform", "quniform", "normal", "qnormal"):
-        low, high = (args[0], args[1]) if kind in ("uniform", "quniform") else \
-            _within(definition, args[0] - 3 * args[1], args[0] + 3 * args[1])
-        if q is None:
-            return _Axis(name, "real", Real(low, high), low=low, high=high)
-        if kind == "quniform":
-            k_low, k_high = round(low / q), round(high / q)
-        else:  # qnormal: whole steps inside the range, ends that the hyperparameter refuses moved in
-            k_low, k_high = math.ceil(low / q - 1e-9), math.floor(high / q + 1e-9)
-            while k_low < k_high and definition.check(_step_value(k_low, q, integers))[1]:
-                k_low += 1
-            while k_high > k_low and definition.check(_step_value(k_high, q, integers))[1]:
-                k_high -= 1
-        if k_low >= k_high:
-            return _Axis(name, "steps", None, fixed=_step_value(k_low, q, integers))
-        return _Axis(name, "steps", Integer(k_low, k_high), q=q, integers=integers, low=k_low, high=k_high)
-    # loguniform, qloguniform, lognormal, qlognormal: log-uniform over a positive range
-    if kind in ("loguniform", "qloguniform"):
-        low, high = math.exp(args[0]), math.exp(args[1])
-    else:
-        low, high = _within(definition, math.exp(args[0] - 3 * args[1]), math.exp(args[0] + 3 * args[1]))
-    dimension = Real(low, high, prior="log-uniform")
-    if q is None:
-        return _Axis(name, "real", dimension, low=low, high=high)
-    return _Axis(name, "log-steps", dimension, q=q, integers=integers, low=low, high=high)
-
-
-def _within(definition: hps.Hyperparameter, low: float, high: float) -> tuple[float, float]:
-    """[low, high] cut to the hyperparameter's range, an exclusive bound stepped over."""
-    if definition.low is not None and low <= definition.low:
-        low = math.nextafter(definition.low, math.inf) if definition.low_exclusive else definition.low
-    if definition.high is not None:
-        high = min(high, definition.high)
-    if low >= high:  # validation keeps 1% of the mass in range, so this needs a very odd job
-        raise ValueError(f"{definition.name}: nothing of [{low:g}, {high:g}] lies in {definition.range_text()}")
-    return low, high
-
-
-def _seed(job_seed: int, index: int) -> int:
-    """An integer random state for trial `index` of the job (skopt takes an int)."""
-    return int(np.random.SeedSequence([job_seed, index]).generate_state(1)[0])
 
 
 def _fit_kernel(obj_func, initial_theta, bounds):
@@ -230,16 +93,15 @@ class BayesianSampler:
     def __init__(self, spec: JobSpec):
         self.spec = spec
         self.options = spec.sampling_options
-        self._axes = [[_axis(name, value) for name, value in sorted(space.items()) if isinstance(value, Distribution)]
+        self._axes = [[axis(name, value) for name, value in sorted(space.items()) if isinstance(value, Distribution)]
                       for space in spec.search_space]
 
     def capacity(self) -> int | None:
         return None
 
-    # -- the one place where the metric's direction is handled --------------------------------------
     def _objective(self, value: float) -> float:
-        """What skopt minimises."""
-        return -value if self.spec.direction == "maximize" else value
+        """What skopt minimises: the metric's score, negated."""
+        return -hps.oriented(self.spec.primary_metric, value)
 
     def ask(self, indices: list[int], history: list[Observation],
             pending: list[Observation] = ()) -> list[Proposal]:
@@ -262,9 +124,9 @@ class BayesianSampler:
         for o in finished + running:
             counts[o.subspace] += 1
         for o in finished:
-            if _is_number(o.value):
-                oriented = -self._objective(o.value)
-                bests[o.subspace] = oriented if bests[o.subspace] is None else max(bests[o.subspace], oriented)
+            if is_finite_number(o.value):
+                score = hps.oriented(self.spec.primary_metric, o.value)
+                bests[o.subspace] = score if bests[o.subspace] is None else max(bests[o.subspace], score)
         return choose_subspace(counts, bests)
 
     def _propose(self, subspace: int, index: int, finished: list[Observation],
@@ -281,9 +143,9 @@ class BayesianSampler:
             point = self._point(free, o.params)
             if point is None:
                 continue
-            (told if _is_number(o.value) else failed).append((point, o.value))
+            (told if is_finite_number(o.value) else failed).append((point, o.value))
         if len(told) < self.options.n_initial_points:
-            return self._initial(subspace, index)
+            return random_proposal(self.spec, subspace, index)
         ys = [self._objective(float(v)) for _, v in told]
         worst, lie = max(ys), sum(ys) / len(ys)
         points = [p for p, _ in told] + [p for p, _ in failed]
@@ -295,12 +157,12 @@ class BayesianSampler:
         params = {a.name: a.decode(x) for a, x in zip(free, optimizer.ask())}
         return Proposal(subspace, self._checked(subspace, index, {**params, **fixed}))
 
-    def _point(self, free: list[_Axis], params: dict[str, Any]) -> list[Any] | None:
+    def _point(self, free: list[Axis], params: dict[str, Any]) -> list[Any] | None:
         point = []
-        for axis in free:
-            if axis.name not in params:
+        for a in free:
+            if a.name not in params:
                 return None
-            x = axis.encode(params[axis.name])
+            x = a.encode(params[a.name])
             if x is None:
                 return None
             point.append(x)
@@ -314,16 +176,16 @@ class BayesianSampler:
         order = sorted(range(len(ys)), key=lambda i: (ys[i], i))
         best = order[:GP_MAX_POINTS // 2]
         rest = sorted(order[GP_MAX_POINTS // 2:])
-        rng = np.random.default_rng([self.spec.seed, index, 2])
+        rng = sampler_rng(self.spec.seed, index, SamplerStream.SUBSAMPLE)
         chosen = best + [rest[i] for i in sorted(rng.choice(len(rest), GP_MAX_POINTS - len(best), replace=False))]
         return [points[i] for i in chosen], [ys[i] for i in chosen]
 
-    def _optimizer(self, free: list[_Axis], index: int) -> "_Quiet":
+    def _optimizer(self, free: list[Axis], index: int) -> "_Quiet":
         from skopt import Optimizer
         from skopt.utils import cook_estimator
 
         dimensions = [a.dimension for a in free]
-        seed = _seed(self.spec.seed, index)
+        seed = sampler_seed(self.spec.seed, index)
         if self.options.estimator == "gp":
             estimator = cook_estimator("GP", space=dimensions, random_state=seed)
             estimator.set_params(n_restarts_optimizer=0, optimizer=_fit_kernel)
@@ -334,13 +196,6 @@ class BayesianSampler:
                               random_state=seed)
         return _Quiet(optimizer)
 
-    def _initial(self, subspace: int, index: int) -> Proposal:
-        """A random trial, drawn from the distributions themselves with (seed, index)."""
-        rng = np.random.default_rng([self.spec.seed, index])
-        space = self.spec.search_space[subspace]
-        return Proposal(subspace, {name: sample_value(self.spec, name, value, rng)
-                                   for name, value in sorted(space.items()) if isinstance(value, Distribution)})
-
     def _checked(self, subspace: int, index: int, params: dict[str, Any]) -> dict[str, Any]:
         """The proposal with every value inside its hyperparameter's range. The axes are built so
         that this always holds; a value that does not is drawn from its distribution instead."""
@@ -350,7 +205,7 @@ class BayesianSampler:
         for name in sorted(params):
             value = params[name]
             if hps.HYPERPARAMETERS[name].check(value)[1] is not None:
-                rng = rng or np.random.default_rng([self.spec.seed, index, 3])
+                rng = rng or sampler_rng(self.spec.seed, index, SamplerStream.REDRAW)
                 value = sample_value(self.spec, name, space[name], rng)
             out[name] = value
         return out

@@ -1,14 +1,19 @@
 """Random sampling: the subspace uniformly, then each distribution independently.
 
-Trial `i` draws from a generator seeded with (job seed, i), so the proposal for a trial depends
-on nothing a crash could lose."""
+Trial `i` draws from the sampler generator of (job seed, i) (core.seeds), so the proposal for a
+trial depends on nothing a crash could lose."""
 from __future__ import annotations
 
-import numpy as np
+from automl_images.core.seeds import sampler_rng
 
-from ..distributions import Distribution
 from ..spec import JobSpec
-from .base import Observation, Proposal, sample_value
+from .base import Observation, Proposal, sample_params
+
+
+def random_proposal(spec: JobSpec, subspace: int, index: int) -> Proposal:
+    """Trial `index`'s random draw within `subspace` (what Bayesian sampling proposes while a
+    subspace has fewer than n_initial_points results)."""
+    return Proposal(subspace, sample_params(spec, subspace, sampler_rng(spec.seed, index)))
 
 
 class RandomSampler:
@@ -16,12 +21,9 @@ class RandomSampler:
         self.spec = spec
 
     def propose(self, index: int) -> Proposal:
-        rng = np.random.default_rng([self.spec.seed, index])
+        rng = sampler_rng(self.spec.seed, index)
         subspace = int(rng.integers(len(self.spec.search_space)))
-        space = self.spec.search_space[subspace]
-        params = {name: sample_value(self.spec, name, value, rng)
-                  for name, value in sorted(space.items()) if isinstance(value, Distribution)}
-        return Proposal(subspace, params)
+        return Proposal(subspace, sample_params(self.spec, subspace, rng))
 
     def ask(self, indices: list[int], history: list[Observation],
             pending: list[Observation] = ()) -> list[Proposal]:

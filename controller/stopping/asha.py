@@ -1,4 +1,6 @@
 """ASHA, asynchronous successive halving (Li et al., 2018), as a pure function of the histories.
+Its steps are epochs; AzureML's evaluation_interval and delay_evaluation do not apply (the rungs
+say when a trial is judged).
 
 Rungs sit at min_resource * reduction_factor**k epochs (k = 0, 1, ...), below max_resource (the
 trial's number_of_epochs unless the job sets it: a rung at the last epoch would stop nothing). A
@@ -18,8 +20,11 @@ epoch when it is evaluated every epoch).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
-History = list[tuple[int, float]]  # (epoch, score), higher is better
+from ..spec import EarlyTermination
+from .policy import History
 
 
 def rungs(min_resource: int, reduction_factor: int, max_resource: int | None) -> list[int]:
@@ -36,17 +41,25 @@ def value_at(history: History, epoch: int) -> float | None:
     return next((score for e, score in history if e >= epoch), None)
 
 
-def asha(policy, trial: History, others: list[History], total: int | None = None) -> bool:
-    """True: stop `trial`. `total` is the trial's number_of_epochs, the default max_resource."""
-    high = policy.max_resource if policy.max_resource is not None else total
-    reached = [r for r in rungs(policy.min_resource, policy.reduction_factor, high) if r <= trial[-1][0]]
-    if not reached:
-        return False
-    rung = reached[-1]
-    score = value_at(trial, rung)
-    if score is None:
-        return False
-    scores = [s for s in (value_at(h, rung) for h in others) if s is not None]
-    keep = math.ceil((len(scores) + 1) / policy.reduction_factor)
-    better = sum(s > score for s in scores)  # ties favour the trial being judged
-    return better >= keep
+@dataclass(frozen=True)
+class Asha:
+    settings: EarlyTermination
+    unit: ClassVar[str] = "epoch"
+
+    def decide(self, trial: History, others: list[History], epochs_total: int | None) -> bool:
+        """`epochs_total`: the trial's number_of_epochs, the default max_resource."""
+        if not trial:
+            return False
+        settings = self.settings
+        high = settings.max_resource if settings.max_resource is not None else epochs_total
+        reached = [r for r in rungs(settings.min_resource, settings.reduction_factor, high) if r <= trial[-1][0]]
+        if not reached:
+            return False
+        rung = reached[-1]
+        score = value_at(trial, rung)
+        if score is None:
+            return False
+        scores = [s for s in (value_at(h, rung) for h in others) if s is not None]
+        keep = math.ceil((len(scores) + 1) / settings.reduction_factor)
+        better = sum(s > score for s in scores)  # ties favour the trial being judged
+        return better >= keep

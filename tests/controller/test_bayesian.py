@@ -10,9 +10,9 @@ from skopt.space import Categorical, Integer, Real
 
 from automl_images.controller import spec as spec_module
 from automl_images.controller.distributions import parse
-from automl_images.controller.search import Observation, bayesian, make_sampler
-from automl_images.controller.search.bayesian import BayesianSampler, _axis, choose_subspace
-from automl_images.controller.search.random import RandomSampler
+from automl_images.controller.search import SAMPLERS, Observation, axes, bayesian, make_sampler
+from automl_images.controller.search.bayesian import BayesianSampler, choose_subspace
+from automl_images.controller.search.random import RandomSampler, random_proposal
 from automl_images.controller.spec import parse_job
 from automl_images.core import hyperparameters as hps
 
@@ -45,7 +45,7 @@ def observe(sampler, objective, trials: int, start: int = 0, history=None) -> li
 
 
 def test_bayesian_is_available_and_registered():
-    assert "bayesian" in spec_module.AVAILABLE_SAMPLERS
+    assert "bayesian" in spec_module.SAMPLERS and set(SAMPLERS) == set(spec_module.SAMPLERS)
     assert isinstance(make_sampler(spec_of(ONE_D)), BayesianSampler)
     assert make_sampler(spec_of(ONE_D)).capacity() is None
 
@@ -69,7 +69,7 @@ def test_bayesian_is_available_and_registered():
     ("learning_rate", "qloguniform(-7, -2, 0.001)", Real(math.exp(-7), math.exp(-2), prior="log-uniform"), "log-steps"),
 ])
 def test_priors_follow_the_distributions(name, text, dimension, kind):
-    axis = _axis(name, parse(text))
+    axis = axes.axis(name, parse(text))
     assert axis.kind == kind
     assert type(axis.dimension) is type(dimension)
     if isinstance(dimension, Categorical):
@@ -81,27 +81,27 @@ def test_priors_follow_the_distributions(name, text, dimension, kind):
 
 
 def test_steps_decode_to_the_distributions_values():
-    epochs = _axis("number_of_epochs", parse("quniform(10, 30, 5)"))
+    epochs = axes.axis("number_of_epochs", parse("quniform(10, 30, 5)"))
     assert [epochs.decode(k) for k in range(2, 7)] == [10, 15, 20, 25, 30]
     assert all(type(epochs.decode(k)) is int for k in range(2, 7))
-    momentum = _axis("momentum", parse("quniform(0.1, 0.5, 0.1)"))
+    momentum = axes.axis("momentum", parse("quniform(0.1, 0.5, 0.1)"))
     assert momentum.decode(3) == 0.3 and type(momentum.decode(3)) is float
-    assert _axis("learning_rate", parse("qloguniform(-7, -2, 0.001)")).decode(0.0123) == 0.012
+    assert axes.axis("learning_rate", parse("qloguniform(-7, -2, 0.001)")).decode(0.0123) == 0.012
     # encode is decode's inverse, and refuses what the distribution cannot produce
     assert epochs.encode(15) == 3 and epochs.encode(16) is None and epochs.encode(35) is None
-    optimizer = _axis("optimizer", parse("choice('sgd', 'adam')"))
+    optimizer = axes.axis("optimizer", parse("choice('sgd', 'adam')"))
     assert optimizer.encode("adam") == 1 and optimizer.encode("adamw") is None and optimizer.decode(1) == "adam"
 
 
 def test_qnormal_of_an_integer_keeps_to_its_range():
     # number_of_epochs is a positive integer: qnormal(2, 3, 1) spans -7..11, cut to 1..11
-    axis = _axis("number_of_epochs", parse("qnormal(2, 3, 1)"))
+    axis = axes.axis("number_of_epochs", parse("qnormal(2, 3, 1)"))
     assert (axis.dimension.low, axis.dimension.high) == (1, 11)
 
 
 def test_single_values_are_fixed_not_searched():
-    assert _axis("optimizer", parse("choice('sgd')")).dimension is None
-    assert _axis("weighted_loss", parse("randint(1)")).fixed == 0
+    assert axes.axis("optimizer", parse("choice('sgd')")).dimension is None
+    assert axes.axis("weighted_loss", parse("randint(1)")).fixed == 0
     spec = spec_of("- optimizer: choice('sgd')\n  learning_rate: 0.01")
     history = [Observation(0, {"optimizer": "sgd"}, 0.5, f"t{i}") for i in range(5)]
     assert make_sampler(spec).ask([5], history)[0].params == {"optimizer": "sgd"}
@@ -295,4 +295,4 @@ def test_each_subspace_has_its_own_optimizer():
     history = [Observation(0, {"learning_rate": 0.01 * (i + 1)}, 0.5, f"t{i:04d}") for i in range(6)]
     [p] = make_sampler(spec).ask([6], history, [Observation(2, {"learning_rate": 0.01}, None, "t0099")])
     assert p.subspace == 1
-    assert p.params == make_sampler(spec)._initial(1, 6).params  # the seeded random draw for trial 6
+    assert p.params == random_proposal(spec, 1, 6).params  # the seeded random draw for trial 6

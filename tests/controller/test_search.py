@@ -60,6 +60,16 @@ def test_random_is_reproducible_per_trial_index():
     assert RandomSampler(spec).propose(5) == first[5]
 
 
+def test_random_draws_keep_their_numbers():
+    # Jobs seeded before a change must keep their trials' numbers (core.seeds): these are pinned.
+    sampler = RandomSampler(spec_of(RANDOM_SPACE, seed=7))
+    assert sampler.propose(0) == Proposal(1, {"learning_rate": pytest.approx(0.018047062218421936, rel=1e-12),
+                                              "momentum": pytest.approx(0.8451724289275565, rel=1e-12)})
+    assert sampler.propose(2) == Proposal(0, {"learning_rate": pytest.approx(0.008444546925744352, rel=1e-12),
+                                              "model_name": "resnet18", "number_of_epochs": 19, "optimizer": "adam",
+                                              "warmup_cosine_lr_warmup_epochs": 43})
+
+
 def test_random_indices_and_seeds_differ():
     spec = spec_of(RANDOM_SPACE, seed=7)
     proposals = RandomSampler(spec).ask(list(range(20)), [])
@@ -126,12 +136,19 @@ def test_every_random_proposal_makes_a_valid_trial():
                 assert hps.HYPERPARAMETERS[name].check(value)[1] is None, (name, value)
 
 
+@pytest.mark.parametrize("text", ["normal(0.5, 1000000)", "normal(0.5, 40)"])  # 0.00% and 0.997% in (0, 1]
+def test_validation_refuses_a_distribution_the_sampler_could_not_draw_from(text):
+    with pytest.raises(JobSpecError) as refused:
+        spec_of(f"- learning_rate: {text}")
+    [problem] = refused.value.problems
+    assert problem.field == "search_space[0].learning_rate"
+    assert f"of {text}'s draws fall in (0, 1], the range of learning_rate" in problem.message
+
+
 def test_an_accepted_spec_never_makes_the_sampler_fail():
-    try:
-        spec = spec_of("- learning_rate: normal(0.5, 1000000)")
-    except JobSpecError:
-        return  # refusing it at validation is fine
-    RandomSampler(spec).propose(0)
+    spec = spec_of("- learning_rate: normal(0.5, 39)")  # 1.02% of the draws in (0, 1]: accepted, just
+    rates = [p.params["learning_rate"] for p in RandomSampler(spec).ask(list(range(50)), [])]
+    assert len(set(rates)) == 50 and all(0 < rate <= 1 for rate in rates)
 
 
 def test_proposal_json():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from automl_images.controller import spec as spec_module
+from automl_images.controller import stopping
 from automl_images.controller.spec import EarlyTermination, JobSpecError, SamplingOptions, parse_job
 
 BASE = "task: image-classification\ntraining_data: train.jsonl\n"
@@ -12,7 +13,7 @@ BASE = "task: image-classification\ntraining_data: train.jsonl\n"
 def problems(text: str) -> dict[str, tuple[int | None, str]]:
     with pytest.raises(JobSpecError) as info:
         parse_job(text)
-    return {p.path: (p.line, p.message) for p in info.value.problems}
+    return {p.field: (p.line, p.message) for p in info.value.problems}
 
 
 def test_bayesian_defaults():
@@ -27,7 +28,8 @@ def test_sampling_options_are_read():
 
 
 @pytest.mark.parametrize("options, path, line, fragment", [
-    ("  estimator: gpr\n", "sampling_options.estimator", 5, "unknown estimator 'gpr' (did you mean 'gp'?); allowed: gp, rf, et"),
+    ("  estimator: gpr\n", "sampling_options.estimator", 5,
+     "unknown estimator 'gpr' (did you mean 'gp'?); allowed: gp, rf, et"),
     ("  estimator: gbrt\n", "sampling_options.estimator", 5, "allowed: gp, rf, et"),
     ("  n_initial_points: 0\n", "sampling_options.n_initial_points", 5, "must be between 1 and 1000, got 0"),
     ("  acquisition: EI\n", "sampling_options.acquisition", 5, "unknown key 'acquisition'"),
@@ -61,7 +63,7 @@ def test_warm_start_problems():
 
 
 def test_asha_is_available_with_defaults():
-    assert "asha" in spec_module.AVAILABLE_POLICIES
+    assert "asha" in spec_module.POLICIES and "asha" in stopping.POLICIES
     spec = parse_job(BASE + "early_termination:\n  policy: asha\n")
     assert spec.early_termination == EarlyTermination("asha", min_resource=1, reduction_factor=3, max_resource=None)
     assert spec.early_termination.evaluation_interval == 1 and spec.early_termination.delay_evaluation == 0
