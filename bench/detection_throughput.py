@@ -90,12 +90,12 @@ def bare_targets(target: dict[str, Any]) -> dict[str, torch.Tensor]:
 def measure(model_name: str, steps: int, batch: int, shared: str, folder: str) -> dict[str, Any]:
     dataset_name, to_jsonl = MODELS[model_name]
     task, jsonl = to_jsonl(os.path.join(shared, dataset_name), folder)
-    adapter = get_adapter(task)
     hp = hyperparameters.resolve(task, {
         "model_name": model_name, "pretrained": 0, "training_batch_size": batch, "min_size": MIN_SIZE,
         "max_size": MAX_SIZE, "number_of_epochs": 1, "warmup_cosine_lr_warmup_epochs": 0,
         # The detection default (0.05) drives an untrained Mask R-CNN's loss to NaN within 3 steps.
         "learning_rate": 0.005})
+    adapter = get_adapter(task, hp)
     # One step more than measured: each side's first step is a warm-up. Images with objects only, so
     # that every step trains every head.
     records = [r for r in data.read_jsonl(jsonl, adapter.parse_label) if r.label.objects][:(steps + 1) * batch]
@@ -106,7 +106,7 @@ def measure(model_name: str, steps: int, batch: int, shared: str, folder: str) -
     targets = [adapter.encode(s.record.label, class_index) for s in samples]
 
     def loader():
-        dataset = adapter.dataset(samples, targets, hp, train=True, seed=0)
+        dataset = adapter.dataset(samples, targets, train=True, seed=0)
         made = engine.make_loader(dataset, batch, train=True, device=torch.device("cpu"), collate_fn=adapter.collate,
                                   group_ids=dataset.group_ids)
         made.batch_sampler.set_epoch(1)
@@ -121,14 +121,14 @@ def measure(model_name: str, steps: int, batch: int, shared: str, folder: str) -
 
     def build():
         engine.seed_everything(0)
-        model = engine.prepare_model(adapter.build_model(hp, len(labels)), torch.device("cpu"))
+        model = engine.prepare_model(adapter.build_model(len(labels)), torch.device("cpu"))
         optimizer = engine.build_optimizer(model.parameters(), hp)
         return model, optimizer, engine.build_lr_scheduler(optimizer, hp, len(batches), 1)
 
     trainer_model, trainer_optimizer, trainer_scheduler = build()
     bare_model, bare_optimizer, bare_scheduler = build()
     bare_model.train()
-    loss_fn = adapter.loss(hp, [1] * len(labels), len(samples))
+    loss_fn = adapter.loss([1] * len(labels), len(samples))
     # (wall, CPU) when each trainer step ends and when each bare step ends.
     trainer_ends: list[tuple[float, float]] = []
     bare_ends: list[tuple[float, float]] = []
@@ -168,9 +168,9 @@ def measure(model_name: str, steps: int, batch: int, shared: str, folder: str) -
                 yield images, batch_targets
 
     started = (time.perf_counter(), time.process_time())
-    stats = engine.train_one_epoch(trainer_model, loss_fn, trainer_optimizer, trainer_scheduler, Recording(loader()),
-                                   torch.device("cpu"), on_step=bare_step,
-                                   prepare=adapter.batch_transform(hp, torch.device("cpu")))
+    context = engine.EpochContext(trainer_model, loss_fn, trainer_optimizer, trainer_scheduler, torch.device("cpu"),
+                                  prepare=adapter.batch_transform(torch.device("cpu")), on_step=bare_step)
+    stats = engine.train_one_epoch(context, Recording(loader()))
     assert stats["train_steps"] == len(batches) == len(bare_ends), (stats["train_steps"], len(batches))
     # A trainer step runs from the end of the previous bare step (its loader then draws the next
     # batch) to the start of the next bare step. Step 1 (index 0) is each side's warm-up.

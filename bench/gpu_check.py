@@ -87,11 +87,11 @@ def write_jsonl_files(folder: str, write_image, items: list) -> tuple[str, str]:
 
 def bare(model_name: str, channels_last: bool, steps: int = 30) -> float:
     device = torch.device("cuda")
-    adapter = get_adapter(Task.CLASSIFICATION)
     hp = resolve(Task.CLASSIFICATION, {"model_name": model_name})
-    model = adapter.build_model({**hp, "pretrained": 0}, 4).to(device)
+    adapter = get_adapter(Task.CLASSIFICATION, {**hp, "pretrained": 0})
+    model = adapter.build_model(4).to(device)
     model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    loss_fn = adapter.loss(hp, [1] * 4, 1).to(device)
+    loss_fn = adapter.loss([1] * 4, 1).to(device)
     optimizer = engine.build_optimizer(model.parameters(), hp)
     x = torch.randn(BATCH, 3, 224, 224, device=device)
     if channels_last:

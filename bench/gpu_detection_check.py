@@ -85,19 +85,19 @@ def hyperparameters(task: str, model_name: str, batch: int, settings: dict, epoc
 def bare(task: str, model_name: str, batch: int, settings: dict, train: str, steps: int = 20) -> float:
     """Images/s of forward + backward + step on batches the trainer's loader made, already on the GPU."""
     device = torch.device("cuda")
-    adapter = get_adapter(Task(task))
     hp = resolve(Task(task), hyperparameters(task, model_name, batch, settings))
+    adapter = get_adapter(Task(task), hp)
     records = data.read_jsonl(train, adapter.parse_label)
     samples, _ = data.fetch_images(records[:batch * 4])
     labels = sorted({c for r in records for c in adapter.classes_of(r.label)})
     index = {c: i for i, c in enumerate(labels)}
-    dataset = adapter.dataset(samples, [adapter.encode(s.record.label, index) for s in samples], hp, train=True)
+    dataset = adapter.dataset(samples, [adapter.encode(s.record.label, index) for s in samples], train=True)
     loader = engine.make_loader(dataset, batch, train=True, device=torch.device("cpu"), collate_fn=adapter.collate,
                                 group_ids=dataset.group_ids)
     loader.batch_sampler.set_epoch(1)
     batches = [engine.to_device(b, device) for b in loader]
-    model = adapter.build_model(hp, len(labels)).to(device)
-    loss_fn = adapter.loss(hp, [1] * len(labels), len(samples))
+    model = adapter.build_model(len(labels)).to(device)
+    loss_fn = adapter.loss([1] * len(labels), len(samples))
     optimizer = engine.build_optimizer(model.parameters(), hp)
     return steps * batch / timed_steps(model, loss_fn, optimizer, batches, steps, warmup=5)
 

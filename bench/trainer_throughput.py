@@ -52,11 +52,10 @@ CROP, RESIZE = 224, 256
 def bare_run(model_name: str, hp: dict, batches: list[tuple[torch.Tensor, torch.Tensor]],
              labels: int) -> tuple[float, float]:
     """(wall seconds, CPU seconds) of the bare loop over `batches`."""
-    adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
+    adapter = get_adapter(hyperparameters.Task.CLASSIFICATION, {**hp, "model_name": model_name, "pretrained": 0})
     engine.seed_everything(0)
-    model = engine.prepare_model(adapter.build_model({**hp, "model_name": model_name, "pretrained": 0}, labels),
-                                 torch.device("cpu"))
-    loss_fn = adapter.loss(hp, [1] * labels, 1)
+    model = engine.prepare_model(adapter.build_model(labels), torch.device("cpu"))
+    loss_fn = adapter.loss([1] * labels, 1)
     optimizer = engine.build_optimizer(model.parameters(), hp)
     scheduler = engine.build_lr_scheduler(optimizer, hp, len(batches), 1)
     model.train()
@@ -72,18 +71,18 @@ def bare_run(model_name: str, hp: dict, batches: list[tuple[torch.Tensor, torch.
 
 def training_loader(train_url: str, hp: dict):
     """The trainer's training loader over the JSONL's images, and the adapter."""
-    adapter = get_adapter(hyperparameters.Task.CLASSIFICATION)
+    adapter = get_adapter(hyperparameters.Task.CLASSIFICATION, hp)
     records = data.read_jsonl(train_url, adapter.parse_label)
     samples, _ = data.fetch_images(records)
     names = sorted({r.label for r in records})
-    dataset = adapter.dataset(samples, [names.index(s.record.label) for s in samples], hp, train=True)
+    dataset = adapter.dataset(samples, [names.index(s.record.label) for s in samples], train=True)
     return adapter, engine.make_loader(dataset, BATCH, train=True, device=torch.device("cpu"))
 
 
 def in_memory_batches(train_url: str, hp: dict, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """`steps` batches as the trainer's first epochs draw them, decoded and normalised now."""
     adapter, loader = training_loader(train_url, hp)
-    normalize = adapter.batch_transform(hp, torch.device("cpu"))
+    normalize = adapter.batch_transform(torch.device("cpu"))
     batches, epoch = [], 1
     while len(batches) < steps:
         loader.batch_sampler.set_epoch(epoch)
@@ -100,15 +99,15 @@ def interleaved(model_name: str, hp: dict, train_url: str, batches: list, labels
     already in memory, with a second copy of the model. Load drifting over minutes hits both alike.
     Returns (trainer, bare) images per CPU-second."""
     adapter, loader = training_loader(train_url, hp)
+    untrained = get_adapter(hyperparameters.Task.CLASSIFICATION, {**hp, "model_name": model_name, "pretrained": 0})
 
     def build():
         engine.seed_everything(0)
-        model = engine.prepare_model(adapter.build_model({**hp, "model_name": model_name, "pretrained": 0}, labels),
-                                     torch.device("cpu"))
+        model = engine.prepare_model(untrained.build_model(labels), torch.device("cpu"))
         optimizer = engine.build_optimizer(model.parameters(), hp)
         return model, optimizer, engine.build_lr_scheduler(optimizer, hp, len(batches), 1)
 
-    loss_fn = adapter.loss(hp, [1] * labels, 1)
+    loss_fn = adapter.loss([1] * labels, 1)
     trainer_model, trainer_optimizer, trainer_scheduler = build()
     bare_model, bare_optimizer, bare_scheduler = build()
     bare_model.train()
@@ -129,9 +128,9 @@ def interleaved(model_name: str, hp: dict, train_url: str, batches: list, labels
     trained, loop_cpu = 0, 0.0
     for epoch in range(1, 1 + max(1, len(batches) // len(loader))):
         loader.batch_sampler.set_epoch(epoch)
-        stats = engine.train_one_epoch(trainer_model, loss_fn, trainer_optimizer, trainer_scheduler, loader,
-                                       torch.device("cpu"), on_step=bare_step,
-                                       prepare=adapter.batch_transform(hp, torch.device("cpu")))
+        context = engine.EpochContext(trainer_model, loss_fn, trainer_optimizer, trainer_scheduler, torch.device("cpu"),
+                                      prepare=adapter.batch_transform(torch.device("cpu")), on_step=bare_step)
+        stats = engine.train_one_epoch(context, loader)
         trained += stats["train_images"]
         loop_cpu += stats["train_cpu_seconds"]
     bare_images = sum(len(t) for _, t in batches[:position[0]])

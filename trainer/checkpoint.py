@@ -30,11 +30,6 @@ from .data import DataError
 FORMAT_VERSION = 1
 
 
-def epoch_key(epoch: int) -> str:
-    """The extra checkpoint kept every `checkpoint_frequency` epochs."""
-    return f"checkpoints/epoch_{epoch:04d}.pt"
-
-
 @dataclass
 class Progress:
     """A trial's progress: what the checkpoint restores besides the torch objects' states."""
@@ -98,7 +93,7 @@ def save(storage: Storage, checkpoint: dict[str, Any], checkpoint_frequency: int
     storage.write_bytes(FILES.checkpoint, data)
     epoch = checkpoint["epoch"]
     if checkpoint_frequency and epoch % checkpoint_frequency == 0:
-        storage.write_bytes(epoch_key(epoch), data)
+        storage.write_bytes(FILES.epoch_checkpoint(epoch), data)
 
 
 def load(storage: Storage) -> dict[str, Any] | None:

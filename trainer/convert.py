@@ -292,13 +292,8 @@ def _coco_box(value: Any, where: str, problems: Problems) -> tuple[float, float,
     return x, y, x + w, y + h
 
 
-def from_coco(annotations: str, images: str, output: str, task: Task | str = Task.OBJECT_DETECTION) -> Conversion:
-    """A COCO JSON file's images and annotations as JSONL records (see the module docstring)."""
-    task = _task(task)
-    data = _read_json(annotations)
-    if not isinstance(data, dict):
-        raise ConversionError(f"{annotations}: must be a COCO object with images, annotations and categories")
-    problems = Problems(ConversionError)
+def _coco_categories(data: dict[str, Any], annotations: str, problems: Problems) -> dict[str, str]:
+    """Category id -> name."""
     categories: dict[str, str] = {}
     for i, category in enumerate(_coco_list(data, "categories", annotations)):
         where = f"{annotations}: category {category.get('id', f'#{i}')}"
@@ -307,9 +302,14 @@ def from_coco(annotations: str, images: str, output: str, task: Task | str = Tas
             problems.add(where, "id", "missing")
         elif name is not None:
             categories[str(category["id"])] = name
+    return categories
 
+
+def _coco_images(data: dict[str, Any], annotations: str, images: str,
+                 problems: Problems) -> tuple[dict[str, _Image], set[str]]:
+    """The images found, by id, and every image id listed (found or not)."""
     by_id: dict[str, _Image] = {}
-    listed: set[str] = set()                             # every image id, found or not
+    listed: set[str] = set()
     for i, entry in enumerate(_coco_list(data, "images", annotations)):
         where = f"{annotations}: image {entry.get('id', f'#{i}')}"
         file_name = entry.get("file_name")
@@ -327,7 +327,18 @@ def from_coco(annotations: str, images: str, output: str, task: Task | str = Tas
                             entry.get("width"), entry.get("height"))
         if image is not None:
             by_id[str(entry["id"])] = image
+    return by_id, listed
 
+
+def from_coco(annotations: str, images: str, output: str, task: Task | str = Task.OBJECT_DETECTION) -> Conversion:
+    """A COCO JSON file's images and annotations as JSONL records (see the module docstring)."""
+    task = _task(task)
+    data = _read_json(annotations)
+    if not isinstance(data, dict):
+        raise ConversionError(f"{annotations}: must be a COCO object with images, annotations and categories")
+    problems = Problems(ConversionError)
+    categories = _coco_categories(data, annotations, problems)
+    by_id, listed = _coco_images(data, annotations, images, problems)
     segmentation = task is Task.INSTANCE_SEGMENTATION
     for i, annotation in enumerate(_coco_list(data, "annotations", annotations, required=False)):
         where = f"{annotations}: annotation {annotation.get('id', f'#{i}')}"

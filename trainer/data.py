@@ -22,7 +22,6 @@ fetched in parallel into a local disk cache, so every epoch reads local files.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import random
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from automl_images.core import jsonl
+from automl_images.core.problems import Problems
 from automl_images.core.storage import filesystem, is_url, join, resolve, with_retries
 
 # A decompression bomb (a tiny PNG that decodes to gigapixels) must fail as a bad image, not take
@@ -53,8 +54,6 @@ IMAGE_CACHE_ENV = "AUTOML_IMAGES_IMAGE_CACHE"
 # Fetching is mostly waiting on storage, and PIL releases the GIL while decoding.
 FETCH_THREADS = 16
 
-# Bad lines listed in one error message; the rest are counted.
-MAX_ERRORS_LISTED = 5
 
 # Azure datastore references: the v1 form, and the v2 URI (short, or long with the workspace).
 _AML_DATASTORE = re.compile(r"^amldatastore://(?P<name>[^/]*)/?(?P<path>.*)$", re.IGNORECASE)
@@ -117,85 +116,71 @@ def read_jsonl(url: str, parse_label: Callable[[Any], Any],
                datastores: Mapping[str, str] | None = None) -> list[Record]:
     """Parse a JSONL file. `parse_label` turns a line's `label` into the task's label and raises
     ValueError (its message says what is wrong) when it cannot. `datastores` maps Azure datastore
-    names to root URLs. Blank lines are skipped."""
-    fs, path = filesystem(url)
-    try:
-        raw = with_retries(lambda: fs.cat_file(path))
-    except FileNotFoundError:
-        raise DataError(f"{url}: file not found") from None
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM is common in files saved on Windows
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{url}: not UTF-8 text ({exc})") from None
-
+    names to root URLs. Blank lines are skipped; every bad line is listed in one DataError."""
+    problems = Problems(DataError)
     records: list[Record] = []
-    errors: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line in jsonl.read_objects(url, problems):
         try:
-            records.append(_parse_line(url, number, line, parse_label, datastores or {}))
-        except DataError as exc:
-            errors.append(str(exc))
-    if errors:
-        more = len(errors) - MAX_ERRORS_LISTED
-        listed = "; ".join(errors[:MAX_ERRORS_LISTED])
-        raise DataError(listed + (f"; and {more} more bad line(s)" if more > 0 else ""))
+            records.append(_record(line, parse_label, datastores or {}))
+        except _FieldError as exc:
+            problems.add(line.where, exc.field, exc.message)
+    problems.raise_if_any()
     if not records:
         raise DataError(f"{url}: no records (the file is empty)")
     return records
 
 
-def _parse_line(url: str, number: int, line: str, parse_label: Callable[[Any], Any],
-                datastores: Mapping[str, str]) -> Record:
-    where = f"{url}:{number}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{where}: a line must be a JSON object, got {type(obj).__name__}")
+class _FieldError(Exception):
+    """What is wrong with one field of a line (read_jsonl adds where)."""
 
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _record(line: jsonl.JsonLine, parse_label: Callable[[Any], Any], datastores: Mapping[str, str]) -> Record:
+    obj = line.value
     reference = obj.get("image_url")
     if reference is None:
-        raise DataError(f"{where}: field 'image_url': missing")
+        raise _FieldError("image_url", "missing")
     if not isinstance(reference, str) or not reference.strip():
-        raise DataError(f"{where}: field 'image_url': must be a non-empty string, got {reference!r}")
-    image_url = _image_url(where, reference.strip(), url, datastores)
+        raise _FieldError("image_url", f"must be a non-empty string, got {reference!r}")
+    image_url = _image_url(reference.strip(), line.source, datastores)
 
     details = obj.get("image_details")
     if details is not None:
-        details = _parse_details(where, details)
+        details = _parse_details(details)
 
     if "label" not in obj or obj["label"] is None:
-        raise DataError(f"{where}: field 'label': missing")
+        raise _FieldError("label", "missing")
     try:
         label = parse_label(obj["label"])
     except ValueError as exc:
-        raise DataError(f"{where}: field 'label': {exc}") from None
-    return Record(url, number, image_url, label, details)
+        raise _FieldError("label", str(exc)) from None
+    return Record(line.source, line.number, image_url, label, details)
 
 
-def _image_url(where: str, reference: str, jsonl_url: str, datastores: Mapping[str, str]) -> str:
+def _image_url(reference: str, jsonl_url: str, datastores: Mapping[str, str]) -> str:
     """The absolute path or URL that `reference` names."""
     datastore = _AML_DATASTORE.match(reference) or _AZUREML_URI.match(reference)
     if datastore:
         name, path = datastore.group("name"), datastore.group("path")
         if name not in datastores:
             known = f"known: {', '.join(sorted(datastores))}" if datastores else "the job file maps none"
-            raise DataError(f"{where}: field 'image_url': unknown datastore {name!r} in {reference!r} ({known}; "
-                            f"add it to the job file: `datastores: {{{name}: s3://bucket/prefix}}`)")
+            raise _FieldError("image_url", f"unknown datastore {name!r} in {reference!r} ({known}; "
+                                           f"add it to the job file: `datastores: {{{name}: s3://bucket/prefix}}`)")
         inside = _inside(path)
         if inside is None:
-            raise DataError(f"{where}: field 'image_url': {reference!r} leaves the root of datastore {name!r}")
+            raise _FieldError("image_url", f"{reference!r} leaves the root of datastore {name!r}")
         return join(resolve(datastores[name], jsonl_url), inside)
     if is_url(reference) or reference.startswith("/"):
         return reference
     # A relative path stays inside the JSONL's folder: a shared annotation file must not be able to
     # read arbitrary files of the machine that trains on it.
     if _inside(reference) is None:
-        raise DataError(f"{where}: field 'image_url': {reference!r} leaves the folder of the "
-                        f"JSONL file (use an absolute path or URL instead)")
+        raise _FieldError("image_url", f"{reference!r} leaves the folder of the JSONL file (use an "
+                                       "absolute path or URL instead)")
     return resolve(reference, jsonl_url)
 
 
@@ -207,14 +192,13 @@ def _inside(path: str) -> str | None:
     return "" if normalized == "." else normalized
 
 
-def _parse_details(where: str, details: Any) -> ImageDetails:
+def _parse_details(details: Any) -> ImageDetails:
     if not isinstance(details, dict):
-        raise DataError(f"{where}: field 'image_details': must be an object, got {details!r}")
+        raise _FieldError("image_details", f"must be an object, got {details!r}")
     fmt = details.get("format")
     if fmt is not None:
         if not isinstance(fmt, str) or not fmt.strip():
-            raise DataError(f"{where}: field 'image_details.format': must be a format name such as "
-                            f"\"jpg\", got {fmt!r}")
+            raise _FieldError("image_details.format", f"must be a format name such as \"jpg\", got {fmt!r}")
         fmt = fmt.strip().lower().lstrip(".")
         fmt = _FORMAT_ALIASES.get(fmt, fmt)
     sizes = {}
@@ -231,8 +215,8 @@ def _parse_details(where: str, details: Any) -> ImageDetails:
         elif isinstance(value, str) and _SIZE.match(value):
             number = int(_SIZE.match(value).group(1))
         if number is None or number <= 0:
-            raise DataError(f"{where}: field 'image_details.{name}': must be a positive number of pixels "
-                            f"such as 499 or \"499px\", got {value!r}")
+            raise _FieldError(f"image_details.{name}", f"must be a positive number of pixels such as 499 "
+                                                       f"or \"499px\", got {value!r}")
         sizes[name] = number
     return ImageDetails(fmt, sizes["width"], sizes["height"])
 

@@ -158,11 +158,6 @@ def broadcast_buffers(ctx: Context, model: torch.nn.Module) -> None:
         dist.broadcast(buffer.data, src=0)
 
 
-def barrier(ctx: Context) -> None:
-    if ctx.enabled:
-        dist.barrier(group=ctx.control)
-
-
 # -- validation split ----------------------------------------------------------------------------
 
 class ShardSampler(Sampler[int]):

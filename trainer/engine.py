@@ -11,13 +11,14 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from automl_images.core.hyperparameters import oriented
 from automl_images.core.trial_spec import SpecError
 
 from . import distributed
@@ -48,10 +49,6 @@ def configure_threads() -> int:
             raise ValueError(f"{THREADS_ENV} must be a positive integer, got {value!r}") from None
         torch.set_num_threads(max(1, threads))
     return torch.get_num_threads()
-
-
-def select_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def configure_kernels(device: torch.device) -> bool:
@@ -350,29 +347,41 @@ def to_device(value: Any, device: torch.device, channels_last: bool = False) -> 
     return value
 
 
-Control = Callable[[bool, bool], tuple[bool, bool]]
+def _never() -> bool:
+    return False
 
 
-def _alone(stop: bool, bad_loss: bool) -> tuple[bool, bool]:
-    return stop, bad_loss
+def _no_heartbeat(step: int, steps: int) -> None:
+    pass
 
 
-def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer,
-                    lr_scheduler, loader: DataLoader, device: torch.device, *,
-                    scaler: torch.amp.GradScaler | None = None, autocast_dtype: torch.dtype | None = None,
-                    should_stop: Callable[[], bool] = lambda: False,
-                    on_step: Callable[[int, int], None] = lambda step, steps: None,
-                    control: Control = _alone, channels_last: bool | None = None,
-                    prepare: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+@dataclass
+class EpochContext:
+    """What one training epoch runs with: everything but the data. `model` is what trains (the
+    DistributedDataParallel or torch.compile wrapper when there is one)."""
+    model: torch.nn.Module
+    loss_fn: Callable             # loss_fn(model, inputs, targets), the task adapter's
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any             # stepped after every optimizer step
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None        # float16 only: bfloat16 needs no loss scaling
+    autocast_dtype: torch.dtype | None = None         # None: float32
+    # A batch of inputs, once on the device, -> what the model takes (presets.BatchNormalize).
+    prepare: Callable[[Any], Any] | None = None
+    ctx: distributed.Context = field(default_factory=distributed.Context)  # one process
+    should_stop: Callable[[], bool] = _never          # this process's stop flag (a signal)
+    on_step: Callable[[int, int], None] = _no_heartbeat  # (step, steps) after every step: the heartbeat
+
+
+def train_one_epoch(context: EpochContext, loader: DataLoader) -> dict[str, Any]:
     """One pass over `loader`. Returns the summed training loss, the images, the last learning rate,
-    and `interrupted` when `should_stop` turned true before the epoch's end. `prepare` turns a
-    batch of inputs, once on the device, into what the model takes (presets.BatchNormalize).
+    and `interrupted` when `context.should_stop` turned true before the epoch's end.
 
-    `control(stop, bad_loss)` turns this process's flags into the flags every process acts on (see
-    distributed.any_true): all processes of a trial stop at the same step, or fail together."""
+    The stop and bad-loss flags are combined over every process of the trial (distributed.any_true):
+    all processes stop at the same step, or fail together."""
+    model, device = context.model, context.device
     model.train()
-    if channels_last is None:
-        channels_last = is_channels_last(model)
+    channels_last = is_channels_last(model)
     started, cpu_started = time.perf_counter(), time.process_time()
     # The loss is summed on the device; reading it back waits for the GPU, so that happens only
     # every few steps there (on the CPU every step: it costs nothing).
@@ -385,7 +394,7 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.
     for step, (inputs, targets) in enumerate(loader):
         checking = step > unchecked and step % check_every == 0
         bad_loss = checking and not bool(torch.isfinite(total_loss))
-        stop, bad_loss = control(should_stop(), bad_loss)
+        stop, bad_loss = distributed.any_true(context.ctx, context.should_stop(), bad_loss)
         if bad_loss:
             _raise_non_finite(total_loss, unchecked, step - 1)
         if checking:
@@ -394,32 +403,33 @@ def train_one_epoch(model: torch.nn.Module, loss_fn: Callable, optimizer: torch.
             interrupted = True
             break
         inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
-        if prepare is not None:
-            inputs = prepare(inputs)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(model, inputs, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        if context.prepare is not None:
+            inputs = context.prepare(inputs)
+        autocast = context.autocast_dtype
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            loss = context.loss_fn(model, inputs, targets)
+        context.optimizer.zero_grad(set_to_none=True)
+        if context.scaler is not None:
+            context.scaler.scale(loss).backward()
+            context.scaler.step(context.optimizer)
+            context.scaler.update()
         else:
             loss.backward()
-            optimizer.step()
-        lr_scheduler.step()
+            context.optimizer.step()
+        context.lr_scheduler.step()
         batch = len(inputs)
         total_loss += loss.detach().to(torch.float64) * batch
         images += batch
         steps += 1
-        on_step(step + 1, steps_total)
+        context.on_step(step + 1, steps_total)
     if not interrupted:
-        _, bad_loss = control(False, not bool(torch.isfinite(total_loss)))
+        _, bad_loss = distributed.any_true(context.ctx, False, not bool(torch.isfinite(total_loss)))
         if bad_loss:
             _raise_non_finite(total_loss, unchecked, steps - 1)
     seconds = time.perf_counter() - started
     loss_sum = float(total_loss)
     return {"train_loss": loss_sum / max(1, images), "train_loss_sum": loss_sum,
-            "lr": optimizer.param_groups[0]["lr"], "train_images": images, "train_steps": steps,
+            "lr": context.optimizer.param_groups[0]["lr"], "train_images": images, "train_steps": steps,
             "train_seconds": seconds, "train_cpu_seconds": time.process_time() - cpu_started,
             "images_per_second": images / seconds if seconds else 0.0, "interrupted": interrupted}
 
@@ -486,13 +496,13 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, evaluator, device: torc
 class EarlyStopping:
     """Azure's early stopping, counted in evaluations: the first `delay` evaluations are not
     counted; after them, `patience` evaluations in a row without improving the best value stop
-    the trial. Internally the metric is always maximised (negated once when it is minimised)."""
+    the trial. Values of `metric` are compared as hyperparameters.oriented scores (higher is better)."""
 
-    def __init__(self, enabled: bool, patience: int, delay: int, direction: str):
+    def __init__(self, enabled: bool, patience: int, delay: int, metric: str):
         self.enabled = enabled
         self.patience = patience
         self.delay = delay
-        self.sign = 1.0 if direction == "maximize" else -1.0
+        self.metric = metric
         self.evaluations = 0
         self.best: float | None = None
         self.bad_evaluations = 0
@@ -500,7 +510,7 @@ class EarlyStopping:
     def improved(self, value: float) -> bool:
         """Record one evaluation; True when it is the best so far."""
         self.evaluations += 1
-        score = self.sign * value
+        score = oriented(self.metric, value)
         if self.best is None or score > self.best:
             self.best = score
             self.bad_evaluations = 0

@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from automl_images.core import jsonl
 from automl_images.core.hyperparameters import Task
 from automl_images.core.problems import Problems
-from automl_images.core.storage import filesystem, resolve, with_retries
+from automl_images.core.storage import filesystem, resolve
 
 from . import metrics
 from .labels import PARSERS as LABEL_PARSERS
@@ -67,37 +68,17 @@ class _Line:
         return f"{self.source}:{self.line}"
 
 
-def _read_lines(url: str, problems: Problems) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) of every non-blank line of a JSONL file whose line is an object with an
-    image_url; the other lines become problems."""
-    fs, path = filesystem(url)
-    try:
-        raw = with_retries(lambda: fs.cat_file(path))
-    except FileNotFoundError:
-        raise EvaluationError(f"{url}: file not found") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise EvaluationError(f"{url}: not UTF-8 text ({exc})") from None
+def _read_lines(url: str, problems: Problems) -> list[jsonl.JsonLine]:
+    """Every line of a JSONL file that is an object with an image_url; the other lines become
+    problems."""
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{url}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.add(where, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            problems.add(where, None, f"a line must be a JSON object, got {type(obj).__name__}")
-            continue
-        reference = obj.get("image_url")
+    for line in jsonl.read_objects(url, problems):
+        reference = line.value.get("image_url")
         if not isinstance(reference, str) or not reference.strip():
-            problems.add(where, "image_url", "missing" if reference is None
+            problems.add(line.where, "image_url", "missing" if reference is None
                          else f"must be a non-empty string, got {reference!r}")
             continue
-        out.append((number, obj))
+        out.append(line)
     if not out and not problems.items:
         raise EvaluationError(f"{url}: no records (the file is empty)")
     return out
@@ -132,15 +113,14 @@ def _labelled_lines(url: str, parse_label, problems: Problems) -> list[tuple[int
     """(line number, object, parsed label) of each line whose label parses; the others' problems
     are added to `problems`."""
     out = []
-    for number, obj in _read_lines(url, problems):
-        where = f"{url}:{number}"
-        if obj.get("label") is None:
-            problems.add(where, "label", "missing")
+    for line in _read_lines(url, problems):
+        if line.value.get("label") is None:
+            problems.add(line.where, "label", "missing")
             continue
         try:
-            out.append((number, obj, parse_label(obj["label"])))
+            out.append((line.number, line.value, parse_label(line.value["label"])))
         except ValueError as exc:
-            problems.add(where, "label", str(exc))
+            problems.add(line.where, "label", str(exc))
     return out
 
 
@@ -162,12 +142,12 @@ def read_labels(url: str, task: Task, problems: Problems) -> list[_Line]:
 
 def read_predictions(url: str, problems: Problems) -> list[_Line]:
     lines = []
-    for number, obj in _read_lines(url, problems):
-        scores, error = _scores(obj.get("scores"))
+    for line in _read_lines(url, problems):
+        scores, error = _scores(line.value.get("scores"))
         if error:
-            problems.add(f"{url}:{number}", "scores", error)
+            problems.add(line.where, "scores", error)
             continue
-        lines.append(_Line(url, number, obj["image_url"], scores))
+        lines.append(_Line(url, line.number, line.value["image_url"], scores))
     return lines
 
 

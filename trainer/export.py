@@ -20,7 +20,7 @@ from automl_images.core.layout import FILES
 from automl_images.core.storage import Storage, filesystem, with_retries
 
 from . import data
-from .tasks import get_adapter
+from .tasks import TaskAdapter, get_adapter
 
 FORMAT_VERSION = 2   # 2: the trial's hyperparameters and decode_size
 _WEIGHTS = FILES.model_weights.rsplit("/", 1)[-1]   # model.pt
@@ -42,6 +42,7 @@ def export_model(storage: Storage, weights: dict[str, torch.Tensor], info: dict[
 class LoadedModel:
     model: torch.nn.Module
     info: dict[str, Any]
+    adapter: TaskAdapter   # built from model.json's hyperparameters
 
     @property
     def labels(self) -> list[str]:
@@ -50,8 +51,8 @@ class LoadedModel:
     @torch.inference_mode()
     def predict(self, images: Sequence[str | bytes | Image.Image], batch_size: int = 32) -> list[dict[str, Any]]:
         """Predictions for images given as paths/URLs, encoded bytes or PIL images, in order."""
-        adapter = get_adapter(Task(self.info["task"]))
-        model = adapter.inference_model(self.model, self.info["hyperparameters"])
+        adapter = self.adapter
+        model = adapter.inference_model(self.model)
         out: list[dict[str, Any]] = []
         for start in range(0, len(images), batch_size):
             decoded = [_as_rgb(image, self.info.get("decode_size")) for image in images[start:start + batch_size]]
@@ -81,12 +82,13 @@ def load_model(source: Storage | str) -> LoadedModel:
     info = storage.read_json(_INFO)
     if info is None:
         raise FileNotFoundError(f"{storage.url(_INFO)}: no exported model here")
-    adapter = get_adapter(Task(info["task"]))
-    model = adapter.build_model({**info["hyperparameters"], "pretrained": 0}, len(info["labels"]))
+    # The weights come from model.pt: nothing pretrained to fetch.
+    adapter = get_adapter(Task(info["task"]), {**info["hyperparameters"], "pretrained": 0})
+    model = adapter.build_model(len(info["labels"]))
     weights = torch.load(io.BytesIO(storage.read_bytes(_WEIGHTS)), map_location="cpu", weights_only=True)
     model.load_state_dict(weights)
     model.eval()
-    return LoadedModel(model, info)
+    return LoadedModel(model, info, adapter)
 
 
 def predict(model_dir: Storage | str, images: Sequence[str | bytes | Image.Image]) -> list[dict[str, Any]]:

@@ -132,7 +132,7 @@ def test_bad_labels_and_files(multiclass_files, tmp_path, capsys):
 
 
 def test_metric_type_is_refused_for_classification(multiclass_files):
-    # detection is evaluated in tests/test_detection_metrics.py
+    # detection is evaluated in tests/trainer/test_detection_metrics.py
     labels, predictions, _, _ = multiclass_files
     with pytest.raises(EvaluationError, match="--metric-type applies to image-object-detection"):
         evaluate_files("image-classification", labels, predictions, metric_type="coco")

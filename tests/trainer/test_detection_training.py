@@ -101,17 +101,18 @@ def test_every_detector_builds_with_the_head_settings(name):
 def test_adapters_refuse_a_model_of_the_other_task():
     from automl_images.core.trial_spec import SpecError
     with pytest.raises(SpecError, match="maskrcnn_resnet50_fpn"):
-        DetectionAdapter().build_model({**HP, "model_name": "maskrcnn_resnet50_fpn"}, 2)
+        DetectionAdapter({**HP, "model_name": "maskrcnn_resnet50_fpn"}).build_model(2)
     with pytest.raises(SpecError, match="fasterrcnn_resnet18_fpn"):
-        SegmentationAdapter().build_model({**HP, "model_name": "fasterrcnn_resnet18_fpn"}, 2)
+        SegmentationAdapter({**HP, "model_name": "fasterrcnn_resnet18_fpn"}).build_model(2)
 
 
-@pytest.mark.parametrize("adapter, name", [
-    (DetectionAdapter(), "fasterrcnn_resnet18_fpn"),                                   # ~9 s
-    pytest.param(SegmentationAdapter(), "maskrcnn_resnet50_fpn", marks=pytest.mark.slow),  # ~17 s, more when busy
+@pytest.mark.parametrize("adapter_class, name", [
+    (DetectionAdapter, "fasterrcnn_resnet18_fpn"),                                   # ~9 s
+    pytest.param(SegmentationAdapter, "maskrcnn_resnet50_fpn", marks=pytest.mark.slow),  # ~17 s, more when busy
 ])
-def test_trains_and_evaluates_through_the_engine(adapter, name):
+def test_trains_and_evaluates_through_the_engine(adapter_class, name):
     torch.manual_seed(0)
+    adapter = adapter_class({**HP, "model_name": name})
     items = rectangles(6)
     labels = sorted({c for _, label in items for c in adapter.classes_of(label)})
     class_index = {c: i for i, c in enumerate(labels)}
@@ -120,13 +121,14 @@ def test_trains_and_evaluates_through_the_engine(adapter, name):
                        collate_fn=adapter.collate)
     val = DataLoader(_Pairs(items[4:], DetectionTransform(False, segmentation), class_index), batch_size=2,
                      collate_fn=adapter.collate)
-    model = adapter.build_model({**HP, "model_name": name}, len(labels))
+    model = adapter.build_model(len(labels))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.005, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     started = time.perf_counter()
-    stats = engine.train_one_epoch(model, adapter.loss(HP, []), optimizer, scheduler, train, torch.device("cpu"))
+    context = engine.EpochContext(model, adapter.loss([]), optimizer, scheduler, torch.device("cpu"))
+    stats = engine.train_one_epoch(context, train)
     assert stats["train_steps"] == 2 and stats["train_images"] == 4 and np.isfinite(stats["train_loss"])
-    metrics = engine.evaluate(model, val, adapter.evaluator(labels, None, HP), torch.device("cpu"))
+    metrics = engine.evaluate(model, val, adapter.evaluator(labels, None), torch.device("cpu"))
     assert 0.0 <= metrics["mean_average_precision"] <= 1.0
     assert "coco_map" in metrics and "voc_map" in metrics and set(metrics["per_class"]) <= set(labels)
     print(f"{name}: {time.perf_counter() - started:.1f}s for 2 steps and evaluation")
@@ -157,7 +159,8 @@ def test_predictions_are_what_evaluate_reads():
     from automl_images.trainer.detection_labels import parse_detection_label
     output = {"boxes": torch.tensor([[10.0, 5.0, 30.0, 20.0], [0.0, 0.0, 50.0, 40.0]]),
               "labels": torch.tensor([2, 1]), "scores": torch.tensor([0.9, 0.4])}
-    [line] = DetectionAdapter().predictions([output], ["blue", "red"], {}, [(20, 40)])
+    adapter = DetectionAdapter({**HP, "model_name": "fasterrcnn_resnet18_fpn"})
+    [line] = adapter.predictions([output], ["blue", "red"], {}, [(20, 40)])
     label = parse_detection_label(line["label"], scored=True)
     assert [(o.label, o.box, o.score) for o in label.objects] == [
         ("red", (0.25, 0.25, 0.75, 1.0), pytest.approx(0.9)), ("blue", (0.0, 0.0, 1.0, 1.0), pytest.approx(0.4))]
@@ -176,20 +179,22 @@ def test_pretrained_detectors_load_from_the_weights_cache(tmp_path, monkeypatch)
     torch.save(coco.state_dict(), tmp_path / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth")
     imagenet = torchvision.models.resnet18()
     torch.save(imagenet.state_dict(), tmp_path / "resnet18-f37072fd.pth")
-    adapter = DetectionAdapter()
 
-    model = adapter.build_model({**HP, "model_name": "fasterrcnn_resnet50_fpn", "pretrained": 1}, 3, str(tmp_path))
+    def pretrained(name):
+        return DetectionAdapter({**HP, "model_name": name, "pretrained": 1})
+
+    model = pretrained("fasterrcnn_resnet50_fpn").build_model(3, str(tmp_path))
     assert torch.equal(model.backbone.fpn.inner_blocks[0][0].weight, coco.backbone.fpn.inner_blocks[0][0].weight)
     assert torch.equal(model.rpn.head.conv[0][0].weight, coco.rpn.head.conv[0][0].weight)
     assert model.roi_heads.box_predictor.cls_score.out_features == 4          # new: 3 classes + background
     assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
     assert torch.equal(model.backbone.body.bn1.running_mean, coco.backbone.body.bn1.running_mean)
 
-    model = adapter.build_model({**HP, "model_name": "fasterrcnn_resnet18_fpn", "pretrained": 1}, 3, str(tmp_path))
+    model = pretrained("fasterrcnn_resnet18_fpn").build_model(3, str(tmp_path))
     assert torch.equal(model.backbone.body.layer3[0].conv1.weight, imagenet.layer3[0].conv1.weight)
     frozen = {name.split(".")[2] for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {"conv1", "layer1"}          # bn1 is frozen batch norm: no parameters at all
 
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "resnet18-f37072fd.pth")
     with pytest.raises(SpecError, match="hyperparameters.pretrained: .* do not fit"):
-        adapter.build_model({**HP, "model_name": "fasterrcnn_resnet18_fpn", "pretrained": 1}, 3, str(tmp_path))
+        pretrained("fasterrcnn_resnet18_fpn").build_model(3, str(tmp_path))

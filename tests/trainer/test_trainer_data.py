@@ -9,10 +9,12 @@ import fsspec
 import pytest
 from PIL import Image
 
+from automl_images.core.hyperparameters import Task, resolve
+from automl_images.core.problems import MAX_LISTED
 from automl_images.trainer import data
-from automl_images.trainer.tasks.classification import ClassificationAdapter
+from automl_images.trainer.tasks import get_adapter
 
-parse_label = ClassificationAdapter().parse_label
+parse_label = get_adapter(Task.CLASSIFICATION, resolve(Task.CLASSIFICATION, {})).parse_label
 
 
 def write_jsonl(path, lines) -> str:
@@ -54,10 +56,11 @@ def test_invalid_json_names_the_line(tmp_path):
 
 
 def test_every_bad_line_is_reported(tmp_path):
-    path = write_jsonl(tmp_path / "train.jsonl", [{"image_url": "a.png"}] * 8)
+    path = write_jsonl(tmp_path / "train.jsonl", [{"image_url": "a.png"}] * (MAX_LISTED + 3))
     with pytest.raises(data.DataError) as info:
         data.read_jsonl(path, parse_label)
-    assert "train.jsonl:1:" in str(info.value) and "and 3 more bad line(s)" in str(info.value)
+    assert "train.jsonl:1:" in str(info.value) and f"train.jsonl:{MAX_LISTED}:" in str(info.value)
+    assert str(info.value).endswith("and 3 more problem(s)")
 
 
 def test_missing_and_empty_files(tmp_path):
@@ -236,15 +239,14 @@ def test_absolute_urls_file_memory_and_https(tmp_path):
 
 # -- image_details -------------------------------------------------------------------------------
 
-def test_image_details_forms_azure_writes():
+def test_image_details_forms_azure_writes(tmp_path):
     path_lines = [
         {"image_url": "a.png", "label": "x", "image_details": {"format": "PNG", "width": "499px", "height": "666 px"}},
         {"image_url": "a.png", "label": "x", "image_details": {"format": "jpg", "width": 499, "height": 666.0}},
         {"image_url": "a.png", "label": "x", "image_details": {}},
         {"image_url": "a.png", "label": "x"},
     ]
-    records = [data._parse_line("t.jsonl", i + 1, json.dumps(line), parse_label, {})
-               for i, line in enumerate(path_lines)]
+    records = data.read_jsonl(write_jsonl(tmp_path / "t.jsonl", path_lines), parse_label)
     assert [r.details for r in records] == [data.ImageDetails("png", 499, 666), data.ImageDetails("jpeg", 499, 666),
                                             data.ImageDetails(), None]
 

@@ -48,22 +48,21 @@ def torchrun(spec_url: str, tmp_path, log, wait: bool = True, processes: int = 2
 def evaluate_saved_weights(trial: Storage, spec_url: str, weights: dict) -> dict:
     """The validation metrics of `weights`, computed in this one process over the whole set."""
     spec = TrialSpec.from_json(Storage(spec_url.rsplit("/", 1)[0]).read_text(FILES.spec))
-    adapter = get_adapter(spec.task)
+    hp = {**spec.hyperparameters, "pretrained": 0}
+    adapter = get_adapter(spec.task, hp)
     labels = checkpoint.load(trial)["labels"]
     records = data.read_jsonl(spec.validation_data, adapter.parse_label)
     samples, skipped = data.fetch_images(records)
     assert not skipped
     class_index = {name: i for i, name in enumerate(labels)}
-    hp = {**spec.hyperparameters, "pretrained": 0}
-    dataset = adapter.dataset(samples, [adapter.encode(s.record.label, class_index) for s in samples], hp,
-                              train=False)
-    model = adapter.build_model(hp, len(labels))
+    dataset = adapter.dataset(samples, [adapter.encode(s.record.label, class_index) for s in samples], train=False)
+    model = adapter.build_model(len(labels))
     model.load_state_dict(weights)
-    loss = adapter.loss(spec.hyperparameters, [1] * len(labels), len(samples))
+    loss = adapter.loss([1] * len(labels), len(samples))
     loader = engine.make_loader(dataset, spec.hyperparameters["validation_batch_size"], train=False,
                                 device=torch.device("cpu"), collate_fn=adapter.collate)
-    return engine.evaluate(model, loader, adapter.evaluator(labels, loss, hp), torch.device("cpu"),
-                           prepare=adapter.batch_transform(hp, torch.device("cpu")))
+    return engine.evaluate(model, loader, adapter.evaluator(labels, loss), torch.device("cpu"),
+                           prepare=adapter.batch_transform(torch.device("cpu")))
 
 
 @slow

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from automl_images.core import hyperparameters
 from automl_images.core.hyperparameters import Task
 from automl_images.core.trial_spec import SpecError
-from automl_images.core import hyperparameters
 from automl_images.trainer import engine
 from automl_images.trainer.tasks import get_adapter
 from automl_images.trainer.tasks.classification import ClassificationEvaluator, class_weights
@@ -98,8 +98,8 @@ def test_weighted_loss_weights():
 
 
 def test_weighted_loss_is_applied():
-    adapter = get_adapter(Task.CLASSIFICATION)
-    loss = adapter.loss(hp(weighted_loss=2), [10, 40])
+    adapter = get_adapter(Task.CLASSIFICATION, hp(weighted_loss=2))
+    loss = adapter.loss([10, 40])
     model = torch.nn.Identity()
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
     expected = torch.nn.functional.cross_entropy(logits, torch.tensor([1, 1]), weight=torch.tensor([2.5, 0.625]))
@@ -107,7 +107,7 @@ def test_weighted_loss_is_applied():
 
 
 def test_early_stopping_counts_evaluations_after_the_delay():
-    stopping = engine.EarlyStopping(True, patience=2, delay=2, direction="maximize")
+    stopping = engine.EarlyStopping(True, patience=2, delay=2, metric="accuracy")
     outcomes = []
     for value in (0.5, 0.4, 0.3, 0.6, 0.6, 0.5):
         outcomes.append((stopping.improved(value), stopping.should_stop()))
@@ -116,10 +116,10 @@ def test_early_stopping_counts_evaluations_after_the_delay():
 
 
 def test_early_stopping_minimizes_losses_and_can_be_disabled():
-    stopping = engine.EarlyStopping(False, patience=1, delay=0, direction="minimize")
+    stopping = engine.EarlyStopping(False, patience=1, delay=0, metric="log_loss")
     assert stopping.improved(1.0) and stopping.improved(0.5) and not stopping.improved(0.7)
     assert not stopping.should_stop()
-    restored = engine.EarlyStopping(True, patience=1, delay=0, direction="minimize")
+    restored = engine.EarlyStopping(True, patience=1, delay=0, metric="log_loss")
     restored.load_state_dict(stopping.state_dict())
     assert restored.should_stop() and not restored.improved(0.6)
 
@@ -155,9 +155,9 @@ def test_unknown_settings_name_the_hyperparameter():
         engine.build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1),
                                   {**hp(), "lr_scheduler": "linear"}, 1, 1)
     with pytest.raises(SpecError, match="hyperparameters.crop_size"):
-        get_adapter(Task.CLASSIFICATION).preprocessing(hp(resize_size=32, crop_size=64))
+        get_adapter(Task.CLASSIFICATION, hp(resize_size=32, crop_size=64))
     with pytest.raises(SpecError, match="lenient_labels"):
-        get_adapter(Task.CLASSIFICATION, lenient_labels=True)
+        get_adapter(Task.CLASSIFICATION, hp(), lenient_labels=True)
 
 
 @pytest.mark.parametrize("size, batch", [(10, 3), (9, 2), (7, 4), (1, 2), (5, 1)])

@@ -142,9 +142,10 @@ def test_weights_for_models_without_a_download_come_from_the_cache(tmp_path, mon
 
 
 def test_the_adapter_reports_missing_weights_as_a_user_error(tmp_path):
-    adapter = get_adapter(Task.CLASSIFICATION)
+    adapter = get_adapter(Task.CLASSIFICATION, resolve(Task.CLASSIFICATION, {"model_name": "vits16r224",
+                                                                             "pretrained": 1}))
     with pytest.raises(SpecError, match="hyperparameters.pretrained: .*vit_s_16.pth"):
-        adapter.build_model({"model_name": "vits16r224", "pretrained": 1}, 3, weights_cache=str(tmp_path))
+        adapter.build_model(3, weights_cache=str(tmp_path))
 
 
 HP = {"resize_size": 256, "weighted_loss": 0}
@@ -152,12 +153,12 @@ HP = {"resize_size": 256, "weighted_loss": 0}
 
 @pytest.mark.parametrize("name", ["seresnext", "vits16r224", "vitb16r224", "vitl16r224"])
 def test_trainer_refuses_other_crop_sizes(name):
-    adapter = get_adapter(Task.CLASSIFICATION)
     with pytest.raises(SpecError, match=rf"hyperparameters.crop_size: {name} takes only 224x224 inputs.*got "
                                         r"crop_size 192"):
-        adapter.preprocessing({**HP, "model_name": name, "crop_size": 192})
-    assert adapter.preprocessing({**HP, "model_name": name, "crop_size": 224}).crop_size == 224
-    assert adapter.preprocessing({**HP, "model_name": "resnet18", "crop_size": 192}).crop_size == 192
+        get_adapter(Task.CLASSIFICATION, {**HP, "model_name": name, "crop_size": 192})
+    assert get_adapter(Task.CLASSIFICATION, {**HP, "model_name": name, "crop_size": 224}).preprocessing.crop_size == 224
+    assert get_adapter(Task.CLASSIFICATION,
+                       {**HP, "model_name": "resnet18", "crop_size": 192}).preprocessing.crop_size == 192
 
 
 def test_a_trial_with_a_wrong_crop_size_fails_before_building(tmp_path):
@@ -179,7 +180,7 @@ JOB = "task: image-classification\ntraining_data: train.jsonl\n"
 def problems(text: str) -> dict[str, str]:
     with pytest.raises(JobSpecError) as info:
         parse_job(text, "job.yaml")
-    return {p.path: p.message for p in info.value.problems}
+    return {p.field: p.message for p in info.value.problems}
 
 
 def test_job_file_refuses_other_crop_sizes_for_fixed_size_models():

@@ -20,6 +20,12 @@ from automl_images.trainer import data, export, metrics, run
 from automl_images.trainer.tasks import get_adapter
 from automl_images.trainer.tasks.multilabel import MultiLabelEvaluator, positive_weights
 
+
+def multi_label(**hyperparameters):
+    """The multi-label adapter for the registry's defaults, but `hyperparameters`."""
+    return get_adapter(Task.MULTI_LABEL, resolve(Task.MULTI_LABEL, hyperparameters))
+
+
 COMBINATIONS = ([], ["red"], ["blue"], ["blue", "red"])
 
 
@@ -58,7 +64,7 @@ def test_labels_are_lists_or_json_lists(tmp_path):
         {"image_url": "c.png", "label": "[\"water_bottle\", \"can\", \"can\"]"},
         {"image_url": "d.png", "label": [3]},
     ]) + "\n")
-    records = data.read_jsonl(str(path), get_adapter(Task.MULTI_LABEL).parse_label)
+    records = data.read_jsonl(str(path), multi_label().parse_label)
     assert [r.label for r in records] == [("can", "milk_bottle"), (), ("can", "water_bottle"), ("3",)]
 
 
@@ -75,12 +81,12 @@ def test_bad_labels_name_file_line_and_field(tmp_path, label, message):
     path.write_text(json.dumps({"image_url": "a.png", "label": ["ok"]}) + "\n"
                     + json.dumps({"image_url": "b.png", "label": label}) + "\n")
     with pytest.raises(data.DataError) as info:
-        data.read_jsonl(str(path), get_adapter(Task.MULTI_LABEL).parse_label)
+        data.read_jsonl(str(path), multi_label().parse_label)
     assert f"{path}:2: field 'label': {message}" in str(info.value)
 
 
 def test_encode_is_multi_hot():
-    adapter = get_adapter(Task.MULTI_LABEL)
+    adapter = multi_label()
     target = adapter.encode(("blue", "red"), {"blue": 0, "green": 1, "red": 2})
     assert target.dtype == torch.float32 and target.tolist() == [1.0, 0.0, 1.0]
 
@@ -95,14 +101,13 @@ def test_positive_weights_from_label_frequencies():
 
 
 def test_weighted_loss_is_bce_with_pos_weight():
-    adapter = get_adapter(Task.MULTI_LABEL)
-    loss = adapter.loss({"weighted_loss": 2}, [1, 3], 4)
+    loss = multi_label(weighted_loss=2).loss([1, 3], 4)
     logits = torch.tensor([[0.5, -1.0], [2.0, 0.3]])
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets,
                                                                     pos_weight=torch.tensor([3.0, 1 / 3]))
     assert loss(torch.nn.Identity(), logits, targets).item() == pytest.approx(expected.item())
-    unweighted = adapter.loss({"weighted_loss": 0}, [1, 3], 4)
+    unweighted = multi_label(weighted_loss=0).loss([1, 3], 4)
     assert unweighted(torch.nn.Identity(), logits, targets).item() == pytest.approx(
         torch.nn.functional.binary_cross_entropy_with_logits(logits, targets).item())
 

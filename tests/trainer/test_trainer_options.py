@@ -85,7 +85,7 @@ def test_a_diverging_run_fails_with_its_step(tmp_path):
         return torch.nn.functional.cross_entropy(m(x), y)
 
     try:
-        engine.train_one_epoch(model, loss_fn, optimizer, scheduler, batches, torch.device("cpu"))
+        engine.train_one_epoch(engine.EpochContext(model, loss_fn, optimizer, scheduler, torch.device("cpu")), batches)
     except FloatingPointError as exc:
         assert "became nan at step 3" in str(exc)
     else:

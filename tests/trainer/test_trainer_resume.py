@@ -126,7 +126,7 @@ def test_checkpoint_holds_everything_resume_needs(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert status["status"] == "completed", status.get("error")
     trial = Storage(root.url("trial"))
-    first = torch.load(io.BytesIO(trial.read_bytes(checkpoint.epoch_key(1))), weights_only=True)
+    first = torch.load(io.BytesIO(trial.read_bytes(FILES.epoch_checkpoint(1))), weights_only=True)
     last = checkpoint.load(trial)
 
     assert last["epoch"] == 2 and first["epoch"] == 1
@@ -158,7 +158,7 @@ def test_checkpoint_state_round_trips_into_fresh_objects():
         optimizer = engine.build_optimizer(model.parameters(), hp)
         scheduler = engine.build_lr_scheduler(optimizer, hp, steps_per_epoch=5, epochs=3)
         scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, growth_interval=1)
-        stopping = engine.EarlyStopping(True, patience=2, delay=1, direction="maximize")
+        stopping = engine.EarlyStopping(True, patience=2, delay=1, metric="accuracy")
         return model, optimizer, scheduler, scaler, stopping
 
     model, optimizer, scheduler, scaler, stopping = build()

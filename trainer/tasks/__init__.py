@@ -26,9 +26,12 @@ class Evaluator(Protocol):
 
 
 class TaskAdapter(Protocol):
-    task: Task
-    metrics: tuple[str, ...]              # the metrics a job may use as its primary metric
+    """One task, for one trial's hyperparameters: built once (get_adapter), which checks the
+    settings (SpecError naming the field) before any data is fetched; its methods take only what
+    changes from call to call."""
+
     collate: Callable | None              # batches of the task's (None: stacked tensors)
+    model_info: dict[str, Any]            # the task's fields of model.json (preprocessing, decode_size, ...)
 
     # labels
     def parse_label(self, value: Any) -> Any:
@@ -40,31 +43,24 @@ class TaskAdapter(Protocol):
     def label_changes(self, label: Any) -> tuple[str, ...]:
         """What lenient parsing changed in the label, for the trial's status and log."""
 
-    # settings and data
-    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-        """Checks the settings (SpecError naming the field) before any data is fetched; returns the
-        task's fields of the exported model.json (preprocessing, `decode_size`, ...)."""
-    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], hyperparameters: Mapping[str, Any],
-                *, train: bool, seed: int = 0) -> ImageDataset: ...
-    def batch_transform(self, hyperparameters: Mapping[str, Any],
-                        device: torch.device) -> Callable[[Any], Any] | None:
+    # data
+    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], *, train: bool,
+                seed: int = 0) -> ImageDataset: ...
+    def batch_transform(self, device: torch.device) -> Callable[[Any], Any] | None:
         """What turns a batch on the device into the model's inputs (classification: normalising)."""
 
     # model and training
-    def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
-                    weights_cache: str | None = None) -> torch.nn.Module: ...
-    def inference_model(self, model: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
+    def build_model(self, num_classes: int, weights_cache: str | None = None) -> torch.nn.Module: ...
+    def inference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """What evaluates and predicts (detection with tiles: the model run on every tile)."""
-    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
-             num_samples: int | None = None) -> torch.nn.Module:
+    def loss(self, class_counts: Sequence[int], num_samples: int | None = None) -> torch.nn.Module:
         """Called as `loss(model, images, targets)` by the training loop. `class_counts`: training
         images per class; `num_samples`: training images."""
-    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module,
-                  hyperparameters: Mapping[str, Any]) -> Evaluator: ...
+    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module) -> Evaluator: ...
 
-    # inference
+    # inference: `info` is the exported model.json, the record an exported model is fed by
     def inputs(self, images: Sequence[Image.Image], info: Mapping[str, Any]) -> Any:
-        """The model's input batch for decoded images; `info` is the exported model.json."""
+        """The model's input batch for decoded images."""
     def predictions(self, outputs: Any, labels: Sequence[str], info: Mapping[str, Any],
                     sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image, what the model predicts; `sizes`: each input image's (height, width)."""
@@ -78,12 +74,13 @@ ADAPTERS: dict[Task, type] = {
 }
 
 
-def get_adapter(task: Task, lenient_labels: bool = False) -> TaskAdapter:
-    """The adapter of `task`. `lenient_labels` (detection tasks): boxes and polygons slightly out of
-    bounds are clipped and reported instead of refused."""
+def get_adapter(task: Task, hyperparameters: Mapping[str, Any], lenient_labels: bool = False) -> TaskAdapter:
+    """The adapter of `task` for a trial's (resolved) `hyperparameters`, or those of an exported
+    model.json. `lenient_labels` (detection tasks): boxes and polygons slightly out of bounds are
+    clipped and reported instead of refused."""
     if lenient_labels:
         if task.is_classification:
             raise SpecError(f"trial spec field 'lenient_labels': applies to object detection and instance "
                             f"segmentation, not to {task.value}")
-        return ADAPTERS[task](lenient=True)
-    return ADAPTERS[task]()
+        return ADAPTERS[task](hyperparameters, lenient=True)
+    return ADAPTERS[task](hyperparameters)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from automl_images.core import models as registry
-from automl_images.core.hyperparameters import PRIMARY_METRICS, Task
+from automl_images.core.hyperparameters import Task
 from automl_images.core.trial_spec import SpecError
 
 from .. import models, presets
@@ -74,9 +74,34 @@ class ClassificationEvaluator:
         return {**multiclass_metrics(targets.numpy(), probabilities, self.labels), "loss": float(loss)}
 
 
+def preprocessing(hyperparameters: Mapping[str, Any]) -> Preprocessing:
+    """The resize and crop of `hyperparameters`, checked against each other and the model's input
+    size (SpecError naming the field)."""
+    resize, crop = hyperparameters["resize_size"], hyperparameters["crop_size"]
+    if crop > resize:
+        raise SpecError(f"trial spec hyperparameters.crop_size: {crop} is larger than "
+                        f"resize_size {resize}; the crop is taken from the resized image")
+    try:
+        registry.check_input_size(hyperparameters["model_name"], crop)
+    except KeyError:
+        pass  # an unknown model is reported by build_model, with its field
+    except ValueError as exc:
+        raise SpecError(f"trial spec hyperparameters.crop_size: {exc}") from None
+    return Preprocessing(resize_size=resize, crop_size=crop, train_preset=DEFAULT_TRAIN_PRESET)
+
+
 class ClassificationAdapter:
+    """image-classification, for one trial's hyperparameters (see tasks.TaskAdapter)."""
+
     task = Task.CLASSIFICATION
-    metrics = PRIMARY_METRICS[Task.CLASSIFICATION]
+    collate = None   # the default: images and targets stacked
+
+    def __init__(self, hyperparameters: Mapping[str, Any]):
+        self.hyperparameters = hyperparameters
+        self.preprocessing = preprocessing(hyperparameters)
+        self.model_info: dict[str, Any] = {
+            "preprocessing": self.preprocessing.to_dict(),
+            "decode_size": presets.decode_size(self.preprocessing, train=False)}
 
     # -- labels ------------------------------------------------------------------------------------
     def parse_label(self, value: Any) -> str:
@@ -92,47 +117,27 @@ class ClassificationAdapter:
     def label_changes(self, label: Any) -> tuple[str, ...]:
         return ()  # class names are taken as written
 
-    # -- settings ----------------------------------------------------------------------------------
-    def preprocessing(self, hyperparameters: Mapping[str, Any]) -> Preprocessing:
-        resize, crop = hyperparameters["resize_size"], hyperparameters["crop_size"]
-        if crop > resize:
-            raise SpecError(f"trial spec hyperparameters.crop_size: {crop} is larger than "
-                            f"resize_size {resize}; the crop is taken from the resized image")
-        try:
-            registry.check_input_size(hyperparameters["model_name"], crop)
-        except KeyError:
-            pass  # an unknown model is reported by build_model, with its field
-        except ValueError as exc:
-            raise SpecError(f"trial spec hyperparameters.crop_size: {exc}") from None
-        return Preprocessing(resize_size=resize, crop_size=crop, train_preset=DEFAULT_TRAIN_PRESET)
-
-    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-        preprocessing = self.preprocessing(hyperparameters)
-        return {"preprocessing": preprocessing.to_dict(),
-                "decode_size": presets.decode_size(preprocessing, train=False)}
-
     # -- data --------------------------------------------------------------------------------------
-    collate = None   # the default: images and targets stacked
-
-    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], hyperparameters: Mapping[str, Any],
-                *, train: bool, seed: int = 0) -> ImageDataset:
+    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], *, train: bool,
+                seed: int = 0) -> ImageDataset:
         """8-bit image tensors of crop_size (normalised on the device: `batch_transform`)."""
-        p = self.preprocessing(hyperparameters)
+        p = self.preprocessing
         transform = presets.train_transform(p, normalize=False) if train else presets.eval_transform(p, normalize=False)
         return ImageDataset(samples, targets, transform, seed=seed, min_size=presets.decode_size(p, train))
 
-    def batch_transform(self, hyperparameters: Mapping[str, Any], device: torch.device) -> presets.BatchNormalize:
-        return presets.BatchNormalize(self.preprocessing(hyperparameters), device)
+    def batch_transform(self, device: torch.device) -> presets.BatchNormalize:
+        return presets.BatchNormalize(self.preprocessing, device)
 
     # -- model -------------------------------------------------------------------------------------
-    def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
-                    weights_cache: str | None = None) -> torch.nn.Module:
+    def build_model(self, num_classes: int, weights_cache: str | None = None) -> torch.nn.Module:
+        hyperparameters = self.hyperparameters
         try:
             info = registry.get(hyperparameters["model_name"])
         except KeyError as exc:
             raise SpecError(f"trial spec hyperparameters.model_name: {exc.args[0]}") from None
         if self.task not in info.tasks:
-            raise SpecError(f"trial spec hyperparameters.model_name: {info.name!r} is not a model for {self.task.value}")
+            raise SpecError(f"trial spec hyperparameters.model_name: {info.name!r} is not a model for "
+                            f"{self.task.value}")
         try:
             model = models.build_classifier(info.name, num_classes, bool(hyperparameters["pretrained"]),
                                             weights_cache)
@@ -150,15 +155,13 @@ class ClassificationAdapter:
             model = model.to(memory_format=torch.channels_last)
         return model
 
-    def inference_model(self, model: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
+    def inference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
-    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
-             num_samples: int | None = None) -> ClassificationLoss:
-        return ClassificationLoss(class_weights(class_counts, hyperparameters["weighted_loss"]))
+    def loss(self, class_counts: Sequence[int], num_samples: int | None = None) -> ClassificationLoss:
+        return ClassificationLoss(class_weights(class_counts, self.hyperparameters["weighted_loss"]))
 
-    def evaluator(self, labels: Sequence[str], loss: ClassificationLoss,
-                  hyperparameters: Mapping[str, Any]) -> ClassificationEvaluator:
+    def evaluator(self, labels: Sequence[str], loss: ClassificationLoss) -> ClassificationEvaluator:
         return ClassificationEvaluator(labels, loss.cross_entropy.weight)
 
     # -- inference ---------------------------------------------------------------------------------

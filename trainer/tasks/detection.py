@@ -205,7 +205,8 @@ _MODEL_TARGET_KEYS = ("boxes", "labels", "masks")
 class DetectionLoss(torch.nn.Module):
     """The sum of the model's own losses, with isCrowd objects left out of them."""
 
-    def forward(self, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict[str, Any]]) -> torch.Tensor:
+    def forward(self, model: torch.nn.Module, images: list[torch.Tensor],
+                targets: list[dict[str, Any]]) -> torch.Tensor:
         kept = []
         for target in targets:
             keep = ~target["iscrowd"]
@@ -256,14 +257,22 @@ class DetectionEvaluator:
 
 
 class DetectionAdapter:
-    """image-object-detection."""
+    """image-object-detection, for one trial's hyperparameters (see tasks.TaskAdapter)."""
 
     task = Task.OBJECT_DETECTION
-    metrics = PRIMARY_METRICS[Task.OBJECT_DETECTION]
     segmentation = False
+    collate = staticmethod(collate)
 
-    def __init__(self, lenient: bool = False):
+    def __init__(self, hyperparameters: Mapping[str, Any], lenient: bool = False):
+        self.hyperparameters = hyperparameters
         self._parse = parser(self.task, lenient=lenient)
+        grid = hyperparameters.get("tile_grid_size")
+        self.tiles = tiling.TileGrid.parse(grid, hyperparameters["tile_overlap_ratio"]) if grid else None
+        # The shortest side the model needs from the decoder (see data.open_image): it resizes to
+        # min_size (yolov5: its longer side to img_size); tiles need the image's full resolution.
+        self.decode_size: int | None = None if self.tiles is not None else \
+            hyperparameters["img_size" if hyperparameters["model_name"] == "yolov5" else "min_size"]
+        self.model_info: dict[str, Any] = {"decode_size": self.decode_size}
 
     # -- labels ------------------------------------------------------------------------------------
     def parse_label(self, value: Any) -> DetectionLabel:
@@ -279,43 +288,23 @@ class DetectionAdapter:
         """The target is made with the image (pixel boxes, masks): see DetectionTransform."""
         return label, class_index
 
-    # -- settings ----------------------------------------------------------------------------------
-    def tiles(self, hyperparameters: Mapping[str, Any]) -> tiling.TileGrid | None:
-        grid = hyperparameters.get("tile_grid_size")
-        if not grid:
-            return None
-        return tiling.TileGrid.parse(grid, hyperparameters["tile_overlap_ratio"])
-
-    def decode_size(self, hyperparameters: Mapping[str, Any]) -> int | None:
-        """The shortest side the model needs from the decoder (see data.open_image): it resizes to
-        min_size (yolov5: its longer side to img_size); tiles need the image's full resolution."""
-        if self.tiles(hyperparameters) is not None:
-            return None
-        return hyperparameters["img_size" if hyperparameters["model_name"] == "yolov5" else "min_size"]
-
-    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-        return {"decode_size": self.decode_size(hyperparameters)}
-
     # -- data --------------------------------------------------------------------------------------
-    collate = staticmethod(collate)
-
-    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], hyperparameters: Mapping[str, Any],
-                *, train: bool, seed: int = 0) -> DetectionDataset:
+    def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], *, train: bool,
+                seed: int = 0) -> DetectionDataset:
         """Float images of their own sizes (the models resize and normalise them); training adds the
         tiles, evaluation runs on the whole images (`inference_model` tiles them)."""
         return DetectionDataset(samples, targets, DetectionTransform(train, self.segmentation), seed=seed,
-                                min_size=self.decode_size(hyperparameters),
-                                tiles=self.tiles(hyperparameters) if train else None, grouped=train)
+                                min_size=self.decode_size, tiles=self.tiles if train else None, grouped=train)
 
-    def batch_transform(self, hyperparameters: Mapping[str, Any], device: torch.device) -> None:
+    def batch_transform(self, device: torch.device) -> None:
         return None  # the models normalise their inputs themselves
 
     # -- model -------------------------------------------------------------------------------------
-    def build_model(self, hyperparameters: Mapping[str, Any], num_classes: int,
-                    weights_cache: str | None = None) -> torch.nn.Module:
+    def build_model(self, num_classes: int, weights_cache: str | None = None) -> torch.nn.Module:
+        hyperparameters = self.hyperparameters
         name = hyperparameters["model_name"]
         if name == "yolov5" and not self.segmentation:
-            return self._build_yolov5(hyperparameters, num_classes, weights_cache)
+            return self._build_yolov5(num_classes, weights_cache)
         if name not in DETECTORS or DETECTORS[name][2] != self.segmentation:
             raise SpecError(f"trial spec hyperparameters.model_name: {name!r} is not a model for {self.task.value}")
         pretrained = bool(hyperparameters["pretrained"])
@@ -333,11 +322,10 @@ class DetectionAdapter:
                 raise SpecError(f"trial spec hyperparameters.layers_to_freeze: {exc}") from None
         return model
 
-    @staticmethod
-    def _build_yolov5(hyperparameters: Mapping[str, Any], num_classes: int,
-                      weights_cache: str | None) -> torch.nn.Module:
+    def _build_yolov5(self, num_classes: int, weights_cache: str | None) -> torch.nn.Module:
         from ..yolov5 import build_yolov5
 
+        hyperparameters = self.hyperparameters
         if hyperparameters.get("layers_to_freeze"):
             raise SpecError("trial spec hyperparameters.layers_to_freeze: yolov5 has no freezable layers here")
         model = build_yolov5(num_classes, hyperparameters)
@@ -350,22 +338,19 @@ class DetectionAdapter:
             _load_matching(model, state, "yolov5")
         return model
 
-    def inference_model(self, model: torch.nn.Module, hyperparameters: Mapping[str, Any]) -> torch.nn.Module:
+    def inference_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """With tiles, the model run on each image and its tiles, the detections merged."""
-        grid = self.tiles(hyperparameters)
-        if grid is None:
+        if self.tiles is None:
             return model
-        return tiling.TiledInference(model, grid, hyperparameters["tile_predictions_nms_thresh"],
-                                     hyperparameters["box_detections_per_img"])
+        return tiling.TiledInference(model, self.tiles, self.hyperparameters["tile_predictions_nms_thresh"],
+                                     self.hyperparameters["box_detections_per_img"])
 
-    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
-             num_samples: int | None = None) -> DetectionLoss:
+    def loss(self, class_counts: Sequence[int], num_samples: int | None = None) -> DetectionLoss:
         return DetectionLoss()
 
-    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module,
-                  hyperparameters: Mapping[str, Any]) -> DetectionEvaluator:
-        return DetectionEvaluator(labels, hyperparameters["validation_metric_type"], self.segmentation,
-                                  float(hyperparameters["box_score_thresh"]))
+    def evaluator(self, labels: Sequence[str], loss: torch.nn.Module) -> DetectionEvaluator:
+        return DetectionEvaluator(labels, self.hyperparameters["validation_metric_type"], self.segmentation,
+                                  float(self.hyperparameters["box_score_thresh"]))
 
     # -- inference ---------------------------------------------------------------------------------
     def inputs(self, images: Sequence[Image.Image], info: Mapping[str, Any]) -> list[torch.Tensor]:
@@ -394,5 +379,4 @@ class SegmentationAdapter(DetectionAdapter):
     """image-instance-segmentation: DetectionAdapter with masks rasterised from the polygons."""
 
     task = Task.INSTANCE_SEGMENTATION
-    metrics = PRIMARY_METRICS[Task.INSTANCE_SEGMENTATION]
     segmentation = True

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from automl_images.core.hyperparameters import PRIMARY_METRICS, Task
+from automl_images.core.hyperparameters import Task
 from automl_images.core.trial_spec import SpecError
 
 from ..labels import class_list
@@ -78,8 +78,11 @@ class MultiLabelAdapter(ClassificationAdapter):
     metrics and predictions."""
 
     task = Task.MULTI_LABEL
-    metrics = PRIMARY_METRICS[Task.MULTI_LABEL]
     threshold = MULTILABEL_THRESHOLD
+
+    def __init__(self, hyperparameters: Mapping[str, Any]):
+        super().__init__(hyperparameters)
+        self.model_info = {**self.model_info, "threshold": self.threshold}
 
     # -- labels ------------------------------------------------------------------------------------
     def parse_label(self, value: Any) -> tuple[str, ...]:
@@ -96,21 +99,16 @@ class MultiLabelAdapter(ClassificationAdapter):
         return target
 
     # -- training ----------------------------------------------------------------------------------
-    def loss(self, hyperparameters: Mapping[str, Any], class_counts: Sequence[int],
-             num_samples: int | None = None) -> MultiLabelLoss:
-        weighted = hyperparameters["weighted_loss"]
+    def loss(self, class_counts: Sequence[int], num_samples: int | None = None) -> MultiLabelLoss:
+        weighted = self.hyperparameters["weighted_loss"]
         if weighted and num_samples is None:
             raise ValueError("a weighted multi-label loss needs the number of training images")
         return MultiLabelLoss(positive_weights(class_counts, num_samples or 0, weighted))
 
-    def evaluator(self, labels: Sequence[str], loss: MultiLabelLoss,
-                  hyperparameters: Mapping[str, Any]) -> MultiLabelEvaluator:
+    def evaluator(self, labels: Sequence[str], loss: MultiLabelLoss) -> MultiLabelEvaluator:
         return MultiLabelEvaluator(labels, loss.bce.pos_weight, self.threshold)
 
     # -- inference ---------------------------------------------------------------------------------
-    def model_info(self, hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-        return {**super().model_info(hyperparameters), "threshold": self.threshold}
-
     def predictions(self, outputs: torch.Tensor, labels: Sequence[str], info: Mapping[str, Any],
                     sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
         """Per image: `labels`, the classes at or above the threshold (model.json's), most probable
