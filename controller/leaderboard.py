@@ -7,10 +7,11 @@ import json
 import math
 from typing import Any
 
+from automl_images.core.hyperparameters import metric_direction, oriented
 from automl_images.core.records import TrialView
 
 
-def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[str, Any]:
+def build(primary_metric: str, trials: list[TrialView]) -> dict[str, Any]:
     rows = []
     for trial in trials:
         status = trial.status or {}
@@ -29,10 +30,10 @@ def build(primary_metric: str, direction: str, trials: list[TrialView]) -> dict[
         value = row["metrics"].get(primary_metric)
         if not _is_number(value):
             return (1, 0.0, row["trial_id"])
-        return (0, -value if direction == "maximize" else value, row["trial_id"])
+        return (0, -oriented(primary_metric, value), row["trial_id"])  # the best score first
 
     rows.sort(key=rank)
-    return {"primary_metric": primary_metric, "direction": direction,
+    return {"primary_metric": primary_metric, "direction": metric_direction(primary_metric),
             "cost_usd": round(sum(t.cost_usd for t in trials), 6), "trials": rows}
 
 

@@ -1,8 +1,9 @@
 """Reconcile: the job as it is (rebuilt from the bucket) in, the actions that move it on out.
 
-Pure: no I/O, no clock (the time is an argument). `loop.py` applies the actions, each of which is
-safe to repeat, so a controller killed halfway through applying them simply does the rest on its
-next pass. The arithmetic is Katib's:
+Pure: no I/O, no clock (the time is an argument). The job's controller (`job.py`) applies the
+actions in order, each of which is safe to repeat, so a controller killed halfway through applying
+them simply does the rest on its next pass. New trials are created, then launched: `CreateTrials`
+is followed by a `Launch` of each. The arithmetic is Katib's:
 
     to_add = min(max_concurrent_trials - active, max_trials - created)
 
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Union
 
+from automl_images.core.layout import trial_id
 from automl_images.core.records import ErrorKind, JobStatus, JobView, RunState, TrialStatus, TrialView
 
 from . import stopping
@@ -100,7 +102,10 @@ def decide(spec: JobSpec, job: JobView, now: float, capacity: int | None) -> lis
         to_add = min(spec.limits.max_concurrent_trials - len(active), max_trials - created,
                      _affordable(spec, job, active))
         if to_add > 0:
-            plan.add(CreateTrials(list(range(created, created + to_add))))
+            indices = list(range(created, created + to_add))
+            plan.add(CreateTrials(indices))
+            for index in indices:
+                plan.add(Launch(trial_id(index), 1))
         elif not active and created >= max_trials:
             _finish(job, plan, reason="all trials finished")
     elif not active:
@@ -213,15 +218,15 @@ def _reconcile_trial(spec: JobSpec, job: JobView, trial: TrialView, status: JobS
 
 
 def _early_termination(spec: JobSpec, job: JobView, trial: TrialView, plan: Plan) -> None:
-    policy = spec.early_termination
-    assert policy is not None
-    unit = stopping.unit(policy)
-    history = stopping.oriented(trial.history(spec.primary_metric, by=unit), spec.direction)
-    others = [stopping.oriented(t.history(spec.primary_metric, by=unit), spec.direction)
+    assert spec.early_termination is not None
+    policy = stopping.make_policy(spec.early_termination)
+    metric = spec.primary_metric
+    history = stopping.scores(metric, trial.history(metric, by=policy.unit))
+    others = [stopping.scores(metric, t.history(metric, by=policy.unit))
               for t in job.trials if t.trial_id != trial.trial_id]
-    total = (trial.status or {}).get("epochs_total")
-    if stopping.should_stop(policy, history, [h for h in others if h], total=total):
-        plan.add(RequestStop(trial.trial_id, f"early termination ({policy.policy}) at {unit} {history[-1][0]}"))
+    if policy.decide(history, [h for h in others if h], (trial.status or {}).get("epochs_total")):
+        plan.add(RequestStop(trial.trial_id, f"early termination ({spec.early_termination.policy}) "
+                                             f"at {policy.unit} {history[-1][0]}"))
 
 
 def _finish(job: JobView, plan: Plan, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.metadata
 import math
 import re
 from dataclasses import dataclass
@@ -21,53 +20,47 @@ import yaml
 from automl_images.core import hyperparameters as hps
 from automl_images.core import models
 from automl_images.core.hyperparameters import Kind, Task
+from automl_images.core.problems import Problem
+from automl_images.core.problems import render as render_problems
 
 from . import distributions
 from .distributions import Distribution, DistributionError
+from .launch.extras import SKYPILOT_INSTALL, skypilot_installed
+
+# The version of a saved job spec (`JobSpec.to_json`, jobs/<id>/spec.json). A controller runs only
+# the version it writes: a job saved by another version fails with a clear error instead.
+SCHEMA_VERSION = 1
 
 SAMPLERS = ("random", "grid", "bayesian")
 POLICIES = ("bandit", "median_stopping", "truncation_selection", "asha")
 LAUNCHERS = ("local", "skypilot")
 
-# What this version runs. The schema knows more; the rest is refused with a clear message.
-AVAILABLE_SAMPLERS = ("random", "grid", "bayesian")
-AVAILABLE_POLICIES = ("bandit", "median_stopping", "truncation_selection", "asha")
 # Surrogate models of Bayesian sampling (scikit-optimize names): a Gaussian process, random forest, extra trees.
 ESTIMATORS = ("gp", "rf", "et")
-AVAILABLE_LAUNCHERS = ("local", "skypilot")
 
 # What `compute:` may name for the skypilot launcher. SkyPilot itself lets unknown names through
 # (an unknown accelerator is passed on as a Kubernetes label, an unknown recovery strategy fails
-# only on its API server), so they are checked here; tests/test_sky_task.py keeps these lists
+# only on its API server), so they are checked here; tests/controller/test_sky_task.py keeps these lists
 # equal to the installed SkyPilot's.
 SKY_ACCELERATORS = ("A10", "A10G", "A100", "A100-80GB", "B200", "H100", "H200", "L4", "L40S", "RTX5090",
                     "RTXPRO6000", "T4", "V100", "V100-32GB")  # sky.catalog.get_common_gpus(): CUDA only
 SKY_CLOUDS = ("aws", "gcp", "azure", "kubernetes", "lambda", "runpod", "nebius", "oci")
 SKY_RECOVERY_STRATEGIES = ("EAGER_NEXT_REGION", "FAILOVER")
 SKY_FALLBACKS = ("ordered", "any_of")
-SKY_INSTALL = "pip install 'automl-images[skypilot]'"
-
-
-@dataclass(frozen=True)
-class Problem:
-    path: str
-    message: str
-    line: int | None = None
-
-    def render(self, source: str) -> str:
-        where = f"{source}:{self.line}" if self.line else source
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
 
 class JobSpecError(ValueError):
+    """Every problem of one job file (core.problems.Problem, whose `field` is the setting's dotted
+    path)."""
+
     def __init__(self, source: str, problems: list[Problem]):
         self.source = source
         self.problems = problems
-        super().__init__("\n".join(p.render(source) for p in problems))
+        super().__init__(render_problems(problems))
 
     def to_json(self) -> dict[str, Any]:
         return {"error": "invalid job file", "source": self.source,
-                "problems": [{"path": p.path, "line": p.line, "message": p.message} for p in self.problems],
+                "problems": [{"path": p.field, "line": p.line, "message": p.message} for p in self.problems],
                 "message": str(self)}
 
 
@@ -146,6 +139,9 @@ class JobSpec:
     name: str | None = None
     sampling_options: SamplingOptions = SamplingOptions()
     warm_start: tuple[str, ...] = ()          # earlier job ids whose finished trials seed the sampler
+    # The registry's value of every hyperparameter for each model the space can sample, as it was
+    # when the job was accepted: the job's trials keep them when the registry changes afterwards.
+    defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def direction(self) -> str:
@@ -153,23 +149,23 @@ class JobSpec:
 
     def trial_hyperparameters(self, subspace: int, params: dict[str, Any]) -> dict[str, Any]:
         """The values a trial runs with: the subspace's constants, the fixed arguments that apply
-        to its model, and the sampled `params`, checked and coerced, every default resolved."""
+        to its model, and the sampled `params`, checked and coerced; the job's saved `defaults`
+        for the rest."""
         space = self.search_space[subspace]
         values = {k: v for k, v in space.items() if not isinstance(v, Distribution)}
         values.update(params)
-        model_name = values["model_name"]
-        for name, value in self.arguments.items():
-            if hps.HYPERPARAMETERS[name].applies_to(self.task, model_name):
-                values[name] = value
+        defaults = self.defaults[values["model_name"]]  # the hyperparameters of the task and model
+        values.update((name, value) for name, value in self.arguments.items() if name in defaults)
         checked = {}
         for name, value in values.items():
             coerced, error = hps.HYPERPARAMETERS[name].check(value)
             if error:
                 raise ValueError(f"{name}: {error}")
             checked[name] = coerced
-        return hps.resolve(self.task, checked)
+        return {name: checked.get(name, default) for name, default in defaults.items()}
 
     def to_json(self) -> dict[str, Any]:
+        """Plain JSON, with SCHEMA_VERSION; distributions as their text (`uniform(0.001, 0.1)`)."""
         def encode(value: Any) -> Any:
             if isinstance(value, Distribution):
                 return str(value)
@@ -183,7 +179,38 @@ class JobSpec:
                 return [encode(v) for v in value]
             return value
 
-        return {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        fields = {f.name: encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {"schema_version": SCHEMA_VERSION, **fields}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "spec.json") -> "JobSpec":
+        """The spec that `to_json` wrote. It was validated when it was written: only its version is
+        checked (JobSpecError for another one)."""
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise JobSpecError(source, [Problem(source, "schema_version", (
+                f"this controller reads saved job specs of version {SCHEMA_VERSION}, not {version!r}: the job "
+                "was accepted by another version of automl-images; run it with that version, or submit its "
+                "job.yaml again"))])
+        fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
+        compute = {k: tuple(v) if isinstance(v, list) else v for k, v in data["compute"].items()}
+        early = data["early_termination"]
+        fields.update(
+            task=Task(data["task"]),
+            search_space=tuple({name: _saved_value(value) for name, value in space.items()}
+                               for space in data["search_space"]),
+            limits=Limits(**data["limits"]),
+            compute=Compute(**{**compute, "job_recovery": JobRecovery(**compute["job_recovery"])}),
+            early_termination=None if early is None else EarlyTermination(**early),
+            sampling_options=SamplingOptions(**data["sampling_options"]),
+            warm_start=tuple(data["warm_start"]))
+        return cls(**fields)
+
+
+def _saved_value(value: Any) -> Value:
+    """A search-space value as `to_json` wrote it: a distribution's text parsed back. A constant
+    is never such a text: the job file's parser would have read it as a distribution."""
+    return (distributions.parse(value) or value) if isinstance(value, str) else value
 
 
 # ------------------------------------------------------------------------------------------------
@@ -201,22 +228,22 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
     except yaml.constructor.ConstructorError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         tag = getattr(exc, "problem", "") or ""
-        raise JobSpecError(source, [Problem("", f"YAML tag not allowed ({tag.strip()}): a job file is plain "
+        raise JobSpecError(source, [Problem(source, "", f"YAML tag not allowed ({tag.strip()}): a job file is plain "
                                             "data, tags that build Python objects are refused", line)]) from None
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise JobSpecError(source, [Problem("", f"YAML syntax error: {exc.problem or exc}", line)]) from None
+        raise JobSpecError(source, [Problem(source, "", f"YAML syntax error: {exc.problem or exc}", line)]) from None
     except yaml.YAMLError as exc:
-        raise JobSpecError(source, [Problem("", f"YAML error: {exc}")]) from None
+        raise JobSpecError(source, [Problem(source, "", f"YAML error: {exc}")]) from None
     lines: dict[tuple, int] = {}
     duplicates: list[Problem] = []
-    _index_lines(node, (), lines, duplicates)
+    _index_lines(node, (), lines, duplicates, source)
     if duplicates:
         raise JobSpecError(source, duplicates)
     return data, lines
 
 
-def _index_lines(node: Any, path: tuple, lines: dict[tuple, int], duplicates: list[Problem]) -> None:
+def _index_lines(node: Any, path: tuple, lines: dict[tuple, int], duplicates: list[Problem], source: str) -> None:
     if node is None:
         return
     lines.setdefault(path, node.start_mark.line + 1)
@@ -225,14 +252,14 @@ def _index_lines(node: Any, path: tuple, lines: dict[tuple, int], duplicates: li
         for key_node, value_node in node.value:
             key = key_node.value
             if key in seen:
-                duplicates.append(Problem(_render_path(path + (key,)), "key appears twice",
+                duplicates.append(Problem(source, _render_path(path + (key,)), "key appears twice",
                                           key_node.start_mark.line + 1))
             seen.add(key)
             lines[path + (key,)] = key_node.start_mark.line + 1
-            _index_lines(value_node, path + (key,), lines, duplicates)
+            _index_lines(value_node, path + (key,), lines, duplicates, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _index_lines(item, path + (i,), lines, duplicates)
+            _index_lines(item, path + (i,), lines, duplicates, source)
 
 
 def _render_path(path: tuple) -> str:
@@ -258,7 +285,7 @@ class _Checker:
             line = self.lines.get(path[:cut])
             if line:
                 break
-        self.problems.append(Problem(_render_path(path), message, line))
+        self.problems.append(Problem(self.source, _render_path(path), message, line))
 
     def mapping(self, value: Any, path: tuple, allowed: dict[str, str], aliases: dict[str, str] | None = None
                 ) -> dict[str, Any]:
@@ -322,13 +349,9 @@ class _Checker:
             return []
         return [t for i, item in enumerate(items) if (t := self.text(item, path + (i,))) is not None]
 
-    def one_of(self, value: Any, path: tuple, allowed: tuple[str, ...], available: tuple[str, ...], what: str
-               ) -> str | None:
+    def one_of(self, value: Any, path: tuple, allowed: tuple[str, ...], what: str) -> str | None:
         if value not in allowed:
             self.add(path, _unknown(str(value), allowed, what))
-            return None
-        if value not in available:
-            self.add(path, f"{what} {value!r} is not available in this version; available: {', '.join(available)}")
             return None
         return value
 
@@ -389,7 +412,7 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     data, lines = _load_yaml(text, source)
     check = _Checker(source, lines)
     if data is None:
-        raise JobSpecError(source, [Problem("", "the job file is empty")])
+        raise JobSpecError(source, [Problem(source, "", "the job file is empty")])
     top = check.mapping(data, (), _TOP, _TOP_ALIASES)
     if check.problems and not top:
         raise JobSpecError(source, check.problems)
@@ -418,8 +441,7 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
             check.add(("primary_metric",), f"{primary_metric!r} is not a metric of {task.value}{belongs}; "
                                            f"allowed: {', '.join(allowed)}")
 
-    sampling = check.one_of(top.get("sampling", "random"), ("sampling",), SAMPLERS, AVAILABLE_SAMPLERS,
-                            "sampling")
+    sampling = check.one_of(top.get("sampling", "random"), ("sampling",), SAMPLERS, "sampling")
     limits = _limits(check, top.get("limits", {}))
     compute = _compute(check, top.get("compute", {}))
     early = _early_termination(check, top["early_termination"]) if top.get("early_termination") is not None else None
@@ -458,7 +480,17 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
                    primary_metric=primary_metric, sampling=sampling, search_space=tuple(search_space),
                    arguments=arguments, limits=limits, compute=compute, early_termination=early, seed=seed,
                    weights_cache=weights_cache, name=name, datastores=datastores, compile=compile_model is True,
-                   lenient_labels=lenient_labels is True, sampling_options=sampling_options, warm_start=warm_start)
+                   lenient_labels=lenient_labels is True, sampling_options=sampling_options, warm_start=warm_start,
+                   defaults=_registry_defaults(task, search_space))
+
+
+def parse_job_bytes(data: bytes, source: str = "job.yaml") -> JobSpec:
+    """`parse_job` of a job file as stored: UTF-8 text."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JobSpecError(source, [Problem(source, "", f"not UTF-8 text (byte {exc.start})")]) from None
+    return parse_job(text, source)
 
 
 def _datastores(check: _Checker, raw: Any) -> dict[str, str]:
@@ -490,22 +522,22 @@ def _limits(check: _Checker, raw: Any) -> Limits:
 
 def _compute(check: _Checker, raw: Any) -> Compute:
     values = check.mapping(raw, ("compute",), _COMPUTE)
-    launcher = check.one_of(values.get("launcher", "local"), ("compute", "launcher"), LAUNCHERS,
-                            AVAILABLE_LAUNCHERS, "launcher")
+    launcher = check.one_of(values.get("launcher", "local"), ("compute", "launcher"), LAUNCHERS, "launcher")
     if launcher != "skypilot":
         for key in values:
             if key != "launcher" and launcher is not None:
                 check.add(("compute", key), f"applies only to launcher: skypilot (this job runs on {launcher})")
         return Compute(launcher or "local")
-    if not _skypilot_installed():
-        check.add(("compute", "launcher"), f"the skypilot launcher needs SkyPilot, which is not installed: {SKY_INSTALL}")
+    if not skypilot_installed():
+        check.add(("compute", "launcher"),
+                  f"the skypilot launcher needs SkyPilot, which is not installed: {SKYPILOT_INSTALL}")
     path = lambda *keys: ("compute",) + keys
     fields: dict[str, Any] = {"launcher": "skypilot"}
     accelerators = check.texts(values.get("accelerators", []), path("accelerators"))
     fields["accelerators"] = tuple(a for i, item in enumerate(accelerators)
                                    if (a := _accelerator(check, path("accelerators", i), item)))
     fields["fallback"] = check.one_of(values.get("fallback", "ordered"), path("fallback"), SKY_FALLBACKS,
-                                      SKY_FALLBACKS, "fallback") or "ordered"
+                                      "fallback") or "ordered"
     if not isinstance(values.get("use_spot", True), bool):
         check.add(path("use_spot"), f"must be true or false, got {values['use_spot']!r}")
     fields["use_spot"] = values.get("use_spot", True) is not False
@@ -546,14 +578,6 @@ _DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _DOCKER_DOMAIN = r"(?:(?:localhost|[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+)(?::[0-9]+)?/|[a-zA-Z0-9-]+:[0-9]+/)"
 DOCKER_REFERENCE = re.compile(rf"{_DOCKER_DOMAIN}?{_DOCKER_COMPONENT}(?:/{_DOCKER_COMPONENT})*"
                               r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?")
-
-
-def _skypilot_installed() -> bool:
-    try:
-        importlib.metadata.version("skypilot")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def _accelerator(check: _Checker, path: tuple, text: str) -> str | None:
@@ -610,8 +634,7 @@ def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
     if raw.get("policy", raw.get("type")) is None:
         check.add(("early_termination",), f"needs a policy: one of {', '.join(POLICIES)}")
         return None
-    policy = check.one_of(raw.get("policy", raw.get("type")), ("early_termination", "policy"), POLICIES,
-                          AVAILABLE_POLICIES, "policy")
+    policy = check.one_of(raw.get("policy", raw.get("type")), ("early_termination", "policy"), POLICIES, "policy")
     if policy is None:
         return None
     allowed = {"policy": "", **{k: "" for k in _POLICY_KEYS[policy]}}
@@ -904,6 +927,12 @@ def _input_size_problem(name: str, value: Value, model_names: list[str], in_argu
             return (f"{model_name} takes only {size}x{size} inputs: crop_size must be {size}, got "
                     f"{', '.join(map(str, wrong))}{hint}")
     return None
+
+
+def _registry_defaults(task: Task, spaces: list[dict[str, Value]]) -> dict[str, dict[str, Any]]:
+    """Every hyperparameter of the task with its registry default, for each model of the space."""
+    return {model: hps.resolve(task, {"model_name": model})
+            for model in sorted({m for space in spaces for m in _space_models(space)})}
 
 
 def _space_models(space: dict[str, Value]) -> list[str]:

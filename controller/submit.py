@@ -8,7 +8,6 @@ still resolve. The user's own files are only read.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -17,9 +16,11 @@ from typing import Callable
 import yaml
 
 from automl_images.core.layout import Root, job_id_from_name
+from automl_images.core import jsonl
+from automl_images.core.problems import Problem, Problems
 from automl_images.core.storage import Storage, is_url, join, resolve
 
-from .spec import JobSpec, JobSpecError, Problem, parse_job
+from .spec import JobSpec, JobSpecError, parse_job_bytes
 
 Progress = Callable[[str], None]
 
@@ -37,8 +38,9 @@ def submit(job_path: str, root_url: str, job_id: str | None = None, progress: Pr
     """Validate, upload, drop into the inbox. Returns the job id."""
     source = job_path if is_url(job_path) else os.path.abspath(job_path)
     folder, _, file_name = source.rpartition("/")
-    text = Storage(folder).read_text(file_name)
-    spec = parse_job(text, job_path)
+    data = Storage(folder).read_bytes(file_name)
+    spec = parse_job_bytes(data, job_path)
+    text = data.decode("utf-8")
     root = Root(root_url)
     job_id = job_id or new_job_id(job_path)
     replacements = {}
@@ -65,25 +67,26 @@ def _upload_jsonl(jsonl_path: str, root: Root, job_id: str, field_name: str, job
                   progress: Progress) -> str:
     """Upload a local JSONL file and the images it references; returns the JSONL's new URL."""
     if not os.path.exists(jsonl_path):
-        raise JobSpecError(job_path, [Problem(field_name, f"{jsonl_path} does not exist")])
+        raise JobSpecError(job_path, [Problem(job_path, field_name, f"{jsonl_path} does not exist")])
     base = os.path.dirname(jsonl_path)
+    problems = Problems(ValueError)
+    try:
+        lines = jsonl.read_objects(jsonl_path, problems)
+    except ValueError as exc:  # not readable as a whole (not UTF-8): the job file's field names it
+        raise JobSpecError(job_path, [Problem(job_path, field_name, str(exc))]) from None
     images = []
-    with open(jsonl_path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                image_url = json.loads(line)["image_url"]
-            except (ValueError, KeyError, TypeError):
-                raise JobSpecError(jsonl_path, [Problem("image_url", "each line must be a JSON object with "
-                                                                     "image_url", number)]) from None
-            if is_url(image_url):
-                continue
-            if os.path.isabs(image_url):
-                raise JobSpecError(jsonl_path, [Problem("image_url", f"{image_url} is an absolute local path, "
-                                                        "which a remote trial cannot read; make it relative to "
-                                                        "the JSONL file so that submit uploads it", number)])
+    for line in lines:
+        image_url = line.value.get("image_url")
+        if not isinstance(image_url, str) or not image_url.strip():
+            problems.add(jsonl_path, "image_url", "each line must be a JSON object with image_url", line.number)
+        elif os.path.isabs(image_url):
+            problems.add(jsonl_path, "image_url", f"{image_url} is an absolute local path, which a remote trial "
+                                                  "cannot read; make it relative to the JSONL file so that submit "
+                                                  "uploads it", line.number)
+        elif not is_url(image_url):
             images.append(image_url)
+    if problems.items:
+        raise JobSpecError(jsonl_path, problems.items)
     prefix = join(root.upload_prefix(job_id), field_name)
     files = sorted(set(images))
     done = 0
@@ -107,9 +110,4 @@ def _upload_jsonl(jsonl_path: str, root: Root, job_id: str, field_name: str, job
 
 def validate_file(job_path: str) -> JobSpec:
     with open(job_path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise JobSpecError(job_path, [Problem("", f"not UTF-8 text (byte {exc.start})")]) from None
-    return parse_job(text, job_path)
+        return parse_job_bytes(f.read(), job_path)

@@ -3,11 +3,12 @@
     sampling: bayesian
     warm_start: [fridge-sweep-1, fridge-sweep-2]     # AzureML HyperDrive's `resume_from` is accepted
 
-When the job is first reconciled, the controller reads the named jobs from the same root (their
-job.yaml and finished trials), keeps every trial that produced the primary metric and fits this
-job's space, and saves the seeds once in `jobs/<job_id>/warm_start.json` (a conditional create):
-the sampler then reads them as part of the history on every ask, so proposals stay a function of
-what is saved in the bucket. A trial fits a subspace when
+When the job is first reconciled, the controller reads the named jobs from the same root (the
+spec each was accepted with, and their finished trials), keeps every trial that produced the
+primary metric and fits this job's space, and saves the seeds once in
+`jobs/<job_id>/warm_start.json` (a conditional create): the sampler then reads them as part of the
+history on every ask, so proposals stay a function of what is saved in the bucket. A trial fits a
+subspace when
 
 - the earlier job has the same task and primary metric (else its values mean something else),
 - each hyperparameter the subspace samples has a value the subspace's distribution can produce
@@ -21,15 +22,17 @@ Seeds count towards `n_initial_points` and the subspace choice like the job's ow
 """
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Callable
 
 from automl_images.core import trials
 from automl_images.core.layout import Root
 
+from . import accepted
 from .distributions import Distribution
+from .search.axes import axis
 from .search.base import Observation
-from .search.bayesian import _axis
-from .spec import JobSpec, JobSpecError, parse_job
+from .spec import JobSpec, JobSpecError
 
 
 def fits(spec: JobSpec, subspace: int, values: dict[str, Any]) -> dict[str, Any] | None:
@@ -42,9 +45,9 @@ def fits(spec: JobSpec, subspace: int, values: dict[str, Any]) -> dict[str, Any]
             continue
         if name not in values:
             return None
-        axis = _axis(name, dist)
-        inside = axis.encode(values[name]) is not None if axis.dimension is not None else \
-            axis.fixed == values[name]
+        searched = axis(name, dist)
+        inside = searched.encode(values[name]) is not None if searched.dimension is not None else \
+            searched.fixed == values[name]
         if not inside:
             return None
         params[name] = values[name]
@@ -60,7 +63,7 @@ def collect(root: Root, spec: JobSpec) -> dict[str, Any]:
     seeds, notes = [], []
     for source in spec.warm_start:
         try:
-            earlier = parse_job(root.storage.read_text(root.job_file(source)), root.storage.url(root.job_file(source)))
+            earlier = accepted.load(root, source)
         except (FileNotFoundError, JobSpecError) as exc:
             notes.append(f"{source}: not usable ({type(exc).__name__}: {str(exc)[:200]})")
             continue
@@ -89,6 +92,19 @@ def collect(root: Root, spec: JobSpec) -> dict[str, Any]:
                 unfit += 1
         notes.append(f"{source}: {used} trial(s) used, {unfit} outside this job's space")
     return {"seeds": seeds, "notes": notes}
+
+
+def seeds(root: Root, job_id: str, spec: JobSpec, log: Callable[[str], None]) -> list[Observation]:
+    """The job's seeds: gathered from the earlier jobs on first use and saved, then read back, so
+    that every controller of the job (and every restart) seeds its sampler with the same trials."""
+    key = root.warm_start(job_id)
+    saved = root.storage.read_json(key)
+    if saved is None:
+        collected = collect(root, spec)
+        root.storage.create_exclusive(key, (json.dumps(collected, indent=2, sort_keys=True) + "\n").encode())
+        saved = root.storage.read_json(key)
+        log(f"job {job_id}: warm start from {len(saved['seeds'])} earlier trial(s): " + "; ".join(saved["notes"]))
+    return observations(saved)
 
 
 def observations(saved: dict[str, Any] | None) -> list[Observation]:

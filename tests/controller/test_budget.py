@@ -14,6 +14,7 @@ from automl_images.controller.launch.base import RunState
 from automl_images.controller.loop import Controller
 from automl_images.controller.reconcile import (
     CreateTrials,
+    Launch,
     Publish,
     RequestStop,
     SetJobStatus,
@@ -74,7 +75,8 @@ def test_no_trial_starts_that_could_cross_the_budget(budget, expected):
 
 def test_nothing_known_nothing_held_back():
     # no trial has cost anything yet (a free launcher, or nothing launched): the concurrency decides
-    assert decide(budget_spec(1.0), make_job([]), NOW, None) == [CreateTrials([0, 1, 2])]
+    assert decide(budget_spec(1.0), make_job([]), NOW, None) == [
+        CreateTrials([0, 1, 2]), Launch("t0000", 1), Launch("t0001", 1), Launch("t0002", 1)]
 
 
 def test_a_spent_budget_stops_the_job():
@@ -127,7 +129,8 @@ def test_running_trials_are_stopped_once_the_budget_is_spent(local_root):
     root, clock = Root(local_root), FakeClock()
     sim = SimLauncher(clock=clock, price_per_hour=36.0, epoch_s=10.0)  # $0.10 an epoch
     controller = Controller(root, clock=clock, launchers={"local": sim})
-    submit(root, "small", sim_job(max_trials=6, concurrent=3, epochs=10).replace("limits:\n", "limits:\n  max_cost_usd: 0.9\n"))
+    submit(root, "small", sim_job(max_trials=6, concurrent=3, epochs=10)
+           .replace("limits:\n", "limits:\n  max_cost_usd: 0.9\n"))
     run_until_done(controller, clock)
     state = root.storage.read_json(root.job_state("small"))
     assert state["status"] == "completed" and state["reason"].startswith("budget: max_cost_usd=0.9 reached")
@@ -155,7 +158,8 @@ def test_relaunch_carries_the_cost_of_the_lost_attempt(local_root):
 def test_a_free_launcher_never_limits(local_root):
     root, clock = Root(local_root), FakeClock()
     controller = Controller(root, clock=clock, launchers={"local": SimLauncher(clock=clock)})
-    submit(root, "free", sim_job(max_trials=4, concurrent=2, epochs=2).replace("limits:\n", "limits:\n  max_cost_usd: 0.01\n"))
+    submit(root, "free", sim_job(max_trials=4, concurrent=2, epochs=2)
+           .replace("limits:\n", "limits:\n  max_cost_usd: 0.01\n"))
     run_until_done(controller, clock)
     assert len(root.trial_ids("free")) == 4
     assert root.storage.read_json(root.job_state("free"))["cost_usd"] == 0.0

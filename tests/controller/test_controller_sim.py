@@ -7,7 +7,8 @@ import math
 
 from simulated import FakeClock, SimLauncher, curve, run_until_done, sim_job, submit
 
-from automl_images.controller.loop import Controller, progress_line
+from automl_images.controller.loop import Controller
+from automl_images.controller.progress import progress_line
 from automl_images.core import trials
 from automl_images.core.layout import FILES, Root
 
@@ -107,8 +108,7 @@ def test_the_summary_holds_every_finished_trial(root_url):
         assert view.sweep == root.read_trial("summed", trial, FILES.spec)["sweep"]
     # a controller started afresh reads the summary instead of the trial folders
     fresh = Controller(root, launchers={"local": SimLauncher()})
-    cache = fresh._cache("summed")
-    assert sorted(cache.finished) == sorted(finished)
+    assert sorted(fresh.job("summed").finished) == sorted(finished)
 
 
 def test_a_lost_summary_is_rebuilt_from_the_trial_folders(local_root):
@@ -132,9 +132,10 @@ def test_a_lost_summary_is_rebuilt_from_the_trial_folders(local_root):
 def test_progress_lines(local_root):
     root = Root(local_root)
     _, log = run(root, "watched", sim_job(max_trials=3, concurrent=2, epochs=2), price_per_hour=36.0)
-    lines = [line for line in log if line.startswith("job watched: running,") or line.startswith("job watched: completed,")]
+    lines = [line for line in log if line.startswith(("job watched: running,", "job watched: completed,"))]
     assert lines[0] == "job watched: running, 2/3 trials: 2 pending | no result yet | $0.00 | 0m00s"
-    assert any(line.startswith("job watched: running, 3/3 trials: 1 running, 2 completed | best accuracy=") for line in lines)
+    assert any(line.startswith("job watched: running, 3/3 trials: 1 running, 2 completed | best accuracy=")
+               for line in lines)
     assert lines[-1].startswith("job watched: completed, 3/3 trials: 3 completed | best accuracy=")
     assert lines[-1].split(" | ")[2].startswith("$0.")  # three trials of ~20 s at $36 an hour
     # one line per change of counts or best, not one per pass

@@ -39,29 +39,30 @@ def order(board) -> list[str]:
 
 
 def test_maximize_best_first_and_trials_without_metrics_last():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     assert order(board) == ["t0002", "t0004", "t0000", "t0003", "t0001", "t0005"]
     assert board["primary_metric"] == "accuracy" and board["direction"] == "maximize"
     assert board["cost_usd"] == 1.75  # the job's: every trial's cost
 
 
 def test_minimize_best_first():
-    board = leaderboard.build("loss", "minimize", TRIALS)
+    board = leaderboard.build("loss", TRIALS)
     assert order(board) == ["t0002", "t0004", "t0000", "t0003", "t0001", "t0005"]
-    board = leaderboard.build("loss", "minimize", [view(0, "completed", {"loss": 0.9}),
-                                                   view(1, "completed", {"loss": 0.1}),
-                                                   view(2, "completed", {"loss": 0.5})])
+    assert board["direction"] == "minimize"  # the metric's own direction
+    board = leaderboard.build("loss", [view(0, "completed", {"loss": 0.9}),
+                                       view(1, "completed", {"loss": 0.1}),
+                                       view(2, "completed", {"loss": 0.5})])
     assert order(board) == ["t0001", "t0002", "t0000"]
 
 
 def test_ties_and_metricless_trials_are_ordered_by_trial_id():
     trials = [view(3, "completed", {"accuracy": 0.5}), view(1, "failed"), view(2, "completed", {"accuracy": 0.5}),
               view(0, "pending")]
-    assert order(leaderboard.build("accuracy", "maximize", trials)) == ["t0002", "t0003", "t0000", "t0001"]
+    assert order(leaderboard.build("accuracy", trials)) == ["t0002", "t0003", "t0000", "t0001"]
 
 
 def test_rows():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     rows = {row["trial_id"]: row for row in board["trials"]}
     assert rows["t0002"] == {"trial_id": "t0002", "status": "completed",
                              "params": {"learning_rate": 0.02, "model_name": "mobilenetv2"},
@@ -73,32 +74,32 @@ def test_rows():
 
 
 def test_non_scalar_metrics_are_left_out():
-    board = leaderboard.build("accuracy", "maximize", [
+    board = leaderboard.build("accuracy", [
         view(0, "completed", {"accuracy": 0.9, "per_class": {"a": 1.0}, "confusion": [[1, 0], [0, 1]],
                               "flag": True, "note": "ok"})])
     assert board["trials"][0]["metrics"] == {"accuracy": 0.9, "note": "ok"}
 
 
 def test_best_trial_has_a_metric_and_a_model():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     assert leaderboard.best_trial(board)["trial_id"] == "t0002"  # t0004 is better than others but running
-    only_running = leaderboard.build("accuracy", "maximize", [TRIALS[4], TRIALS[1]])
+    only_running = leaderboard.build("accuracy", [TRIALS[4], TRIALS[1]])
     assert leaderboard.best_trial(only_running) is None
-    stopped = leaderboard.build("accuracy", "maximize", [TRIALS[3], TRIALS[1]])
+    stopped = leaderboard.build("accuracy", [TRIALS[3], TRIALS[1]])
     assert leaderboard.best_trial(stopped)["trial_id"] == "t0003"
-    assert leaderboard.best_trial(leaderboard.build("accuracy", "maximize", [])) is None
+    assert leaderboard.best_trial(leaderboard.build("accuracy", [])) is None
 
 
 def test_nan_metric_is_ranked_last():
     trials = [view(0, "completed", {"accuracy": 0.5}), view(1, "completed", {"accuracy": float("nan")}),
               view(2, "completed", {"accuracy": 0.9}), view(3, "completed", {"accuracy": 0.7})]
-    board = leaderboard.build("accuracy", "maximize", trials)
+    board = leaderboard.build("accuracy", trials)
     assert order(board) == ["t0002", "t0003", "t0000", "t0001"]
     assert leaderboard.best_trial(board)["trial_id"] == "t0002"
 
 
 def test_csv():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     rows = list(csv.reader(io.StringIO(leaderboard.to_csv(board))))
     assert rows[0] == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name", "epochs",
                        "duration_s", "cost_usd"]
@@ -108,7 +109,7 @@ def test_csv():
 
 
 def test_table():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     lines = leaderboard.to_table(board).splitlines()
     assert lines[0].split() == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name",
                                 "epochs", "duration_s", "cost_usd"]
@@ -122,7 +123,7 @@ def test_table():
 
 
 def test_table_shows_the_primary_metric_and_losses_only():
-    board = leaderboard.build("accuracy", "maximize", [view(0, "completed", {"accuracy": 0.123456, "loss": 2.0,
+    board = leaderboard.build("accuracy", [view(0, "completed", {"accuracy": 0.123456, "loss": 2.0,
                                                                             "f1_score_weighted": 0.7})])
     header = leaderboard.to_table(board).splitlines()[0].split()
     assert "f1_score_weighted" not in header and header[3:5] == ["accuracy", "loss"]
@@ -131,10 +132,10 @@ def test_table_shows_the_primary_metric_and_losses_only():
 
 
 def test_markdown():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     lines = leaderboard.to_table(board, markdown=True).splitlines()
-    assert lines[0] == ("| rank | trial_id | status | accuracy | loss | learning_rate | model_name | epochs | duration_s"
-                        " | cost_usd |")
+    assert lines[0] == ("| rank | trial_id | status | accuracy | loss | learning_rate | model_name | epochs "
+                        "| duration_s | cost_usd |")
     assert lines[1] == "|" + "|".join(["---"] * 10) + "|"
     assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | 0.02 | mobilenetv2 | 3 | 12.5 | 0.25 |"
     assert lines[6] == "| 5 | t0001 | failed |  |  | 0.5 | resnet18 | 3 | 12.5 | 0 |"
@@ -142,12 +143,12 @@ def test_markdown():
 
 
 def test_json_round_trip():
-    board = leaderboard.build("accuracy", "maximize", TRIALS)
+    board = leaderboard.build("accuracy", TRIALS)
     assert json.loads(leaderboard.to_json(board)) == board
 
 
 def test_empty_board_renders():
-    board = leaderboard.build("accuracy", "maximize", [])
+    board = leaderboard.build("accuracy", [])
     assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s,cost_usd\n"
     assert leaderboard.to_table(board).splitlines()[0].split() == ["rank", "trial_id", "status", "epochs",
                                                                    "duration_s", "cost_usd"]

@@ -82,8 +82,9 @@ def of_type(actions, kind):
 # Creating and launching trials
 
 
-def test_new_job_creates_up_to_the_concurrency():
-    assert decide(make_spec(max_trials=4, concurrent=2), make_job(), NOW, None) == [CreateTrials([0, 1])]
+def test_new_job_creates_up_to_the_concurrency_and_launches_them():
+    assert decide(make_spec(max_trials=4, concurrent=2), make_job(), NOW, None) == [
+        CreateTrials([0, 1]), Launch("t0000", 1), Launch("t0001", 1)]
 
 
 @pytest.mark.parametrize("max_trials, concurrent, done, running, expected", [
@@ -100,11 +101,12 @@ def test_to_add_is_katibs_arithmetic(max_trials, concurrent, done, running, expe
     actions = decide(make_spec(max_trials, concurrent), make_job(trials), NOW, None)
     creates = of_type(actions, CreateTrials)
     assert creates == ([CreateTrials(expected)] if expected else [])
+    assert of_type(actions, Launch) == [Launch(f"t{i:04d}", 1) for i in expected or []]  # each new trial
 
 
 def test_grid_capacity_caps_the_trials():
     spec = make_spec(max_trials=5, concurrent=4)
-    assert decide(spec, make_job(), NOW, 2) == [CreateTrials([0, 1])]
+    assert decide(spec, make_job(), NOW, 2) == [CreateTrials([0, 1]), Launch("t0000", 1), Launch("t0001", 1)]
     assert decide(spec, make_job([trial(0), trial(1)]), NOW, 2) == []
     assert decide(spec, make_job([completed(0), completed(1)]), NOW, 2) == [
         Publish(final=True), SetJobStatus(JobStatus.COMPLETED, "all trials finished")]
@@ -324,9 +326,9 @@ def test_terminal_job_does_nothing(status):
 def test_leaderboard_is_published_when_trials_finished_since():
     spec = make_spec(max_trials=4, concurrent=2)
     job = make_job([completed(0), trial(1)], published=False, published_trials=0)
-    assert decide(spec, job, NOW, None) == [CreateTrials([2]), Publish(final=False)]
+    assert decide(spec, job, NOW, None) == [CreateTrials([2]), Launch("t0002", 1), Publish(final=False)]
     job.state["published_trials"] = 1
-    assert decide(spec, job, NOW, None) == [CreateTrials([2])]
+    assert decide(spec, job, NOW, None) == [CreateTrials([2]), Launch("t0002", 1)]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@ with the field, its line and what is allowed (our checks for what SkyPilot itsel
 from __future__ import annotations
 
 import importlib.metadata
-from pathlib import Path
 
 import pytest
+from conftest import REPO
+
 from automl_images.controller.launch import template
 from automl_images.controller.spec import Compute, JobRecovery, JobSpecError, parse_job
 
@@ -21,7 +22,7 @@ def compute(text: str) -> Compute:
 def problems(text: str) -> dict[str, str]:
     with pytest.raises(JobSpecError) as info:
         parse_job(BASE + text, "job.yaml")
-    return {p.path: f"{p.line}: {p.message}" for p in info.value.problems}
+    return {p.field: f"{p.line}: {p.message}" for p in info.value.problems}
 
 
 def test_the_issue_example_maps_onto_the_fields():
@@ -107,7 +108,7 @@ def test_skypilot_settings_on_the_local_launcher_are_refused():
     with pytest.raises(JobSpecError) as info:
         parse_job("task: image-classification\ntraining_data: t.jsonl\ncompute:\n  launcher: local\n"
                   "  accelerators: [A10G:1]\n", "job.yaml")
-    assert str(info.value) == ("job.yaml:5: compute.accelerators: applies only to launcher: skypilot "
+    assert str(info.value) == ("job.yaml:5: field 'compute.accelerators': applies only to launcher: skypilot "
                                "(this job runs on local)")
 
 
@@ -126,7 +127,7 @@ def test_without_skypilot_installed_the_error_says_how_to_install_it(monkeypatch
 
 
 def test_the_readme_example_is_accepted():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme[readme.index("## Spot GPUs with SkyPilot"):]
     example = section[section.index("```yaml\n") + 8:section.index("```\n", section.index("```yaml\n"))]
     got = parse_job("task: image-classification\ntraining_data: t.jsonl\n" + example, "README.md").compute

@@ -8,13 +8,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from automl_images.controller import spec as spec_module
 from automl_images.controller.distributions import Distribution
-from automl_images.controller.spec import JobSpecError, Problem, parse_job
+from automl_images.controller.spec import JobSpecError, parse_job
 from automl_images.core import hyperparameters as hps
 from automl_images.core import models
 from automl_images.core.hyperparameters import Task
+from automl_images.core.problems import Problem
 
 SOURCE = "job.yaml"
 # Two lines every job needs; what a test adds starts on line 3.
@@ -34,12 +36,12 @@ def rejection(text: str) -> JobSpecError:
 def problem(text: str, path: str, line: int | None, *fragments: str) -> Problem:
     """The one problem reported at `path`: its line, its rendered form, and what its message says."""
     error = rejection(text)
-    found = [p for p in error.problems if p.path == path]
+    found = [p for p in error.problems if p.field == path]
     assert found, f"no problem at {path!r}; got:\n{error}"
     p = found[0]
     assert p.line == line, f"{path}: line {p.line}, expected {line}"
     where = f"{SOURCE}:{line}" if line else SOURCE
-    prefix = f"{where}: {path}: " if path else f"{where}: "
+    prefix = f"{where}: field '{path}': " if path else f"{where}: "
     assert prefix + p.message in str(error).splitlines()
     for fragment in fragments:
         assert fragment in p.message, f"{fragment!r} not in {p.message!r}"
@@ -101,7 +103,7 @@ def test_unknown_task():
 
 def test_missing_task_and_training_data():
     error = rejection("primary_metric: accuracy\n")
-    paths = {p.path: p.message for p in error.problems}
+    paths = {p.field: p.message for p in error.problems}
     assert "is required" in paths["task"] and "image-multi-labeling" in paths["task"]
     assert "is required" in paths["training_data"]
 
@@ -197,7 +199,7 @@ def test_every_problem_is_reported_at_once():
         primary_metric: iou
         """)
     error = rejection(text)
-    assert {(p.path, p.line) for p in error.problems} == {
+    assert {(p.field, p.line) for p in error.problems} == {
         ("training_data", 2), ("limits.max_trials", 4), ("primary_metric", 5)}
     assert len(str(error).splitlines()) == 3
 
@@ -265,11 +267,19 @@ def test_hyperparameter_of_another_task_in_arguments():
 
 
 def test_model_specific_hyperparameter_on_another_model_message():
-    # Every detection model is unavailable today, so this is checked on the rule itself: img_size
-    # belongs to yolov5 only.
-    message = spec_module._hyperparameter_problem(Task.OBJECT_DETECTION, "img_size", ["fasterrcnn_resnet50_fpn"])
+    # img_size belongs to yolov5 only, min_size to the Faster R-CNN family
+    text = job("""
+        task: image-object-detection
+        training_data: train.jsonl
+        search_space:
+          - model_name: fasterrcnn_resnet50_fpn
+            img_size: 640
+          - model_name: yolov5
+            min_size: 600
+        """)
+    message = problem(text, "search_space[0].img_size", 5).message
     assert message == "img_size applies only to yolov5, not to fasterrcnn_resnet50_fpn"
-    assert spec_module._hyperparameter_problem(Task.OBJECT_DETECTION, "min_size", ["yolov5"]).startswith(
+    assert problem(text, "search_space[1].min_size", 7).message.startswith(
         "min_size applies only to fasterrcnn_resnet50_fpn")
 
 
@@ -281,7 +291,7 @@ def test_model_specific_hyperparameter_in_search_space_is_reported():
           - model_name: fasterrcnn_resnet50_fpn
             img_size: 640
         """)
-    messages = [p.message for p in rejection(text).problems if p.path == "search_space[0].img_size"]
+    messages = [p.message for p in rejection(text).problems if p.field == "search_space[0].img_size"]
     assert messages and "applies only to yolov5" in messages[0]
 
 
@@ -311,7 +321,7 @@ def test_detection_settings_and_tiles_are_taken_and_resolved():
 ])
 def test_detection_settings_refused(lines, path, fragment):
     text = "task: image-object-detection\ntraining_data: train.jsonl\n" + lines
-    messages = [p.message for p in rejection(text).problems if p.path == path]
+    messages = [p.message for p in rejection(text).problems if p.field == path]
     assert messages and fragment in messages[0], rejection(text)
 
 
@@ -463,7 +473,7 @@ def test_unknown_launcher():
 
 def test_yaml_syntax_error_has_its_line():
     p = problem(BASE + "limits: max_trials: 3\n", "", 3, "YAML syntax error", "mapping values are not allowed")
-    assert p.path == ""
+    assert p.field == ""
 
 
 def test_python_tags_are_refused_and_never_run(tmp_path):
@@ -484,7 +494,7 @@ def test_duplicate_nested_keys_are_refused():
 @pytest.mark.parametrize("text", ["", "\n", "# only a comment\n"])
 def test_empty_file(text):
     error = rejection(text)
-    assert error.problems == [Problem("", "the job file is empty")]
+    assert error.problems == [Problem(SOURCE, "", "the job file is empty")]
     assert str(error) == "job.yaml: the job file is empty"
 
 
@@ -688,14 +698,14 @@ def test_cli_validate(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
-    assert f"{bad}:4: limits.max_trials: must be between 1 and 1000, got 0" in lines
-    assert any(line.startswith(f"{bad}:5: primary_metric: 'iou' is not a metric") for line in lines)
+    assert f"{bad}:4: field 'limits.max_trials': must be between 1 and 1000, got 0" in lines
+    assert any(line.startswith(f"{bad}:5: field 'primary_metric': 'iou' is not a metric") for line in lines)
 
     result = _cli("validate", str(tmp_path / "missing.yaml"))
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
 def test_the_readme_table_is_the_registry():
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     assert hps.markdown_table() in readme, "regenerate it: python -c 'from automl_images.trainer." \
                                            "hyperparameters import markdown_table; print(markdown_table())'"

@@ -5,7 +5,7 @@ import textwrap
 
 from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
 
-from automl_images.controller import warmstart
+from automl_images.controller import accepted, warmstart
 from automl_images.controller.loop import Controller
 from automl_images.controller.search import Observation, make_sampler
 from automl_images.controller.spec import parse_job
@@ -73,10 +73,9 @@ def test_seeds_from_earlier_jobs_are_saved_and_used(local_root):
     assert len(by_job.get("wide", [])) == sum(lr <= 0.1353352832366127 for lr in wide)  # exp(-2)
     assert saved["notes"][-1] == "longer: 0 trial(s) used, 2 outside this job's space"
     # with 5+ seeds and n_initial_points 3, the very first trial is the model's, not a random draw
-    sampler = make_sampler(controller._jobs.get("second").spec if "second" in controller._jobs else
-                           parse_job(root.storage.read_text(root.job_file("second"))))
+    sampler = make_sampler(accepted.load(root, "second"))
     first_params = root.read_trial("second", "t0000", FILES.spec)["sweep"]["params"]
-    assert first_params != sampler._initial(0, 0).params
+    assert first_params != sampler.ask([0], [])[0].params  # without the seeds: trial 0's random draw
     seeds = warmstart.observations(saved)
     assert sampler.ask([0], seeds)[0].params == first_params  # exactly what the seeds make it propose
 

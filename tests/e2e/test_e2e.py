@@ -102,7 +102,7 @@ def test_submit_rejects_invalid_job_without_touching_the_root(local_root, tmp_pa
     job.write_text("task: image-clasification\ntraining_data: t.jsonl\n")
     result = cli("submit", str(job), "--root", local_root)
     assert result.returncode == 2
-    assert f"{job}:1: task: unknown task 'image-clasification' (did you mean 'image-classification'?)" in result.stderr
+    assert f"{job}:1: field 'task': unknown task 'image-clasification' (did you mean 'image-classification'?)" in result.stderr
     assert not os.path.exists(local_root)
 
 

@@ -1,0 +1,85 @@
+"""Acceptance: a job file taken from the inbox, validated once, and saved as a job.
+
+    <root>/inbox/fridge.yaml  ─►  jobs/fridge/job.yaml     the user's bytes, as they were
+                                  jobs/fridge/spec.json    the validated spec (accepted.py)
+                                  jobs/fridge/state.json   running, or rejected with error.json
+
+Each step is written before the next, and repeating them after a crash finishes the move: the job
+file is a conditional create, the spec is written again (the same), the state is a conditional
+create, and the inbox file is deleted last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Callable
+
+from automl_images.core.layout import Root, job_id_from_name
+from automl_images.core.problems import Problem
+from automl_images.core.storage import Storage, resolve
+
+from . import accepted
+from .job_state import JobStates
+from .spec import JobSpec, JobSpecError, parse_job_bytes
+
+
+def accept(root: Root, name: str, states: JobStates, log: Callable[[str], None], now: float) -> str | None:
+    """Take inbox file `name`; returns the job's id (None when the file is gone: another
+    controller took it)."""
+    storage = root.storage
+    key = root.inbox_key(name)
+    try:
+        data = storage.read_bytes(key)
+    except FileNotFoundError:
+        return None
+    job_id = _job_id_for(root, name, data, now)
+    storage.create_exclusive(root.job_file(job_id), data)
+    if states.read(job_id) is None:
+        try:
+            spec = _validated(root, data, storage.url(key))
+        except JobSpecError as exc:
+            states.reject(job_id, exc)
+            log(f"job {job_id}: rejected\n{exc}")
+        else:
+            accepted.save(root, job_id, spec)
+            states.accept(job_id, spec.name or job_id, name)
+            log(f"job {job_id}: accepted ({spec.task.value}, {spec.sampling} sampling, "
+                f"{spec.limits.max_trials} trials, {spec.limits.max_concurrent_trials} at a time)")
+    storage.delete(key)
+    return job_id
+
+
+def _job_id_for(root: Root, name: str, data: bytes, now: float) -> str:
+    """The file's name as id; when another job already has that name, the name plus a hash of
+    the content, so the same file always maps to the same job."""
+    base = job_id_from_name(name)
+    for candidate in (base, f"{base}-{hashlib.sha256(data).hexdigest()[:8]}"):
+        try:
+            existing = root.storage.read_bytes(root.job_file(candidate))
+        except FileNotFoundError:
+            return candidate
+        if existing == data:
+            return candidate
+    return f"{base}-{hashlib.sha256(data + str(now).encode()).hexdigest()[:8]}"
+
+
+def _validated(root: Root, data: bytes, source: str) -> JobSpec:
+    """The job file's spec, its data paths made absolute (relative ones are relative to the job
+    file) and checked, and its warm-start jobs found."""
+    spec = parse_job_bytes(data, source)
+    spec = dataclasses.replace(
+        spec, training_data=resolve(spec.training_data, source),
+        validation_data=resolve(spec.validation_data, source) if spec.validation_data else None)
+    problems = []
+    for field_name in ("training_data", "validation_data"):
+        url = getattr(spec, field_name)
+        if url is None:
+            continue
+        folder, _, file_name = url.rpartition("/")
+        if not Storage(folder or "/").exists(file_name):
+            problems.append(Problem(source, field_name, f"{url} does not exist"))
+    problems += [Problem(source, f"warm_start[{i}]", f"no job {job!r} in {root.url}")
+                 for i, job in enumerate(spec.warm_start) if not root.storage.exists(root.job_state(job))]
+    if problems:
+        raise JobSpecError(source, problems)
+    return spec
