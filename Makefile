@@ -9,13 +9,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The stamp files re-run pip only when pyproject.toml changes.
+# The stamp files re-run pip only when pyproject.toml changes. The demo runs its trials on this
+# machine, so both install the trainer extra; the controller alone is `pip install .`.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e ".[trainer]"
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[trainer,dev]"
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed

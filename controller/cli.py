@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Any
 
+from .launch.extras import TRAINER_INSTALL, trainer_installed
+
 ROOT_ENV = "AUTOML_IMAGES_ROOT"
 
 
@@ -98,23 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "trial":
-        from automl_images.trainer.run import main as run_trial_main
-
-        return run_trial_main([args.spec_url])
-    if args.command == "evaluate":
-        from automl_images.trainer.evaluate import run_cli as evaluate_cli
-
-        return evaluate_cli(args.task, args.labels, args.predictions, args.metric_type)
-    if args.command == "convert":
-        from automl_images.trainer.convert import run_cli as convert_cli
-
-        return convert_cli(args.format, args.source, args.images, args.output, args.task, args.names,
-                           args.overwrite)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        return run_demo(args.root or "demo-root", trials=args.trials, concurrent=args.concurrent)
+    if args.command in _NEED_TRAINER and not trainer_installed():
+        command = "trial run" if args.command == "trial" else args.command
+        print(f"automl-images {command} needs the trainer, which is not installed: {TRAINER_INSTALL}",
+              file=sys.stderr)
+        return 2
     from .spec import JobSpecError
 
     try:
@@ -215,8 +205,37 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+# The trainer's entry points are imported when their command runs, never with this module: the
+# controller's commands must not load torch (tests/test_architecture.py checks it).
+def _trial(args: argparse.Namespace) -> int:
+    from automl_images.trainer.run import main as run_trial
+
+    return run_trial([args.spec_url])
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from automl_images.trainer.evaluate import run_cli
+
+    return run_cli(args.task, args.labels, args.predictions, args.metric_type)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from automl_images.trainer.convert import run_cli
+
+    return run_cli(args.format, args.source, args.images, args.output, args.task, args.names, args.overwrite)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.root or "demo-root", trials=args.trials, concurrent=args.concurrent)
+
+
 _COMMANDS: dict[str, Any] = {"validate": _validate, "submit": _submit, "controller": _controller,
-                             "status": _status, "leaderboard": _leaderboard, "cancel": _cancel}
+                             "status": _status, "leaderboard": _leaderboard, "cancel": _cancel,
+                             "trial": _trial, "evaluate": _evaluate, "convert": _convert, "demo": _demo}
+# The commands that run the trainer here (the demo through the local launcher).
+_NEED_TRAINER = ("trial", "evaluate", "convert", "demo")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ LEASE_TTL_S = 120.0      # a dead controller's jobs wait this long for another (
 LEASE_MARGIN_S = 20.0    # the most clocks may disagree; a holder stops acting this long before expiry
 
 
-def _machine() -> str:
+def _this_machine() -> str:
     """This machine and process namespace: a lease of the same machine names a pid we can ask
     about. The hostname, the boot id and the pid namespace together: containers on one host share
     the boot id but not the hostname or the pid namespace."""
@@ -96,8 +96,10 @@ class Leases:
         self.margin_s = margin_s
         self.clock = clock
         self._held: dict[str, _Held] = {}
-        self._machine = _machine()
-        self._started = _process_start(os.getpid())
+        # Who this controller is, as its lease records say: another controller of this machine
+        # takes a lease over at once when that process is gone.
+        self.machine = _this_machine()
+        self.process_started = _process_start(os.getpid())
         self._seen: dict[tuple[str, int], dict[str, Any]] = {}  # lease objects never change: read once
 
     def holds(self, job_id: str) -> bool:
@@ -154,14 +156,14 @@ class Leases:
         if lease.get("released") or now >= float(lease.get("expires_at", 0)):
             return True
         # A controller of this machine that died (killed, crashed): no need to wait for the expiry.
-        if lease.get("machine") == self._machine and isinstance(lease.get("pid"), int):
+        if lease.get("machine") == self.machine and isinstance(lease.get("pid"), int):
             return not _alive(lease["pid"], lease.get("process_started"))
         return False
 
     def _record(self, number: int, released: bool = False) -> dict[str, Any]:
         now = self.clock()
-        return {"owner": self.owner, "number": number, "machine": self._machine, "pid": os.getpid(),
-                "process_started": self._started, "taken_at": now,
+        return {"owner": self.owner, "number": number, "machine": self.machine, "pid": os.getpid(),
+                "process_started": self.process_started, "taken_at": now,
                 "expires_at": now if released else now + self.ttl_s, "released": released}
 
     def _create(self, job_id: str, number: int) -> bool:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent   # shared helpers (simulated.py, trial_data.py, ...) and fixtures/
+REPO = TESTS.parent
 SHARED = REPO.parent / "shared"
 
 

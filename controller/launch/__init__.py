@@ -2,10 +2,15 @@
 from __future__ import annotations
 
 from .base import Launcher, LaunchRequest, RunState
+from .extras import TRAINER_INSTALL, trainer_installed
 
 
 def get_launcher(name: str) -> Launcher:
     if name == "local":
+        # Its trials run the trainer on this machine: without it each would fail at its first line.
+        if not trainer_installed():
+            raise RuntimeError(f"the local launcher runs trials on this machine, and they need the trainer, "
+                               f"which is not installed: {TRAINER_INSTALL}")
         from .local import LocalLauncher
 
         return LocalLauncher()

@@ -66,7 +66,7 @@ def test_release_hands_over_at_once(local_root):
     assert root.lease_numbers(JOB) == [2]  # 0: a's, 1: a's release, 2: b's
 
 
-def _dead_pid() -> int:
+def dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
@@ -75,13 +75,13 @@ def _dead_pid() -> int:
 def test_a_dead_controller_of_this_machine_is_taken_over_at_once(local_root):
     root, clock = Root(local_root), FakeClock()
     b = leases(root, clock, "b")
-    record = {"owner": "dead", "number": 0, "machine": b._machine, "pid": _dead_pid(), "process_started": None,
+    record = {"owner": "dead", "number": 0, "machine": b.machine, "pid": dead_pid(), "process_started": None,
               "expires_at": clock.now + 3600, "released": False}
     root.storage.write_json(root.lease(JOB, 0), record)
     assert b.acquire(JOB)
     # a live process of this machine is not: our own pid, started when we did
     root2 = Root(local_root + "-2")
-    alive = dict(record, pid=os.getpid(), process_started=b._started)
+    alive = dict(record, pid=os.getpid(), process_started=b.process_started)
     root2.storage.write_json(root2.lease(JOB, 0), alive)
     assert not leases(root2, clock, "c").acquire(JOB)
     # nor a process of another machine, dead pid or not
@@ -92,15 +92,30 @@ def test_a_dead_controller_of_this_machine_is_taken_over_at_once(local_root):
 
 def test_a_number_recreated_from_a_stale_listing_does_not_hold(local_root):
     root, clock = Root(local_root), FakeClock()
-    a, b = leases(root, clock, "a"), leases(root, clock, "b")
+    a = leases(root, clock, "a")
     assert a.acquire(JOB)
     for _ in range(3):
         clock.advance(31)
         assert a.acquire(JOB)
     assert root.lease_numbers(JOB) == [3]
     # b listed long ago, saw number 1 as the highest, and creates 2 (deleted since, so it succeeds)
-    assert not b._create(JOB, 2) and not b.holds(JOB)
+    stale = StaleListing(root.storage, first=[1])
+    b = leases(stale, clock, "b")
+    assert not b.acquire(JOB) and not b.holds(JOB)
+    assert root.lease_numbers(JOB) == [2, 3]  # b did create 2, and backed off on seeing 3
     assert a.holds(JOB)
+
+
+class StaleListing(Root):
+    """A root whose first listing of a job's leases is `first`, as an old listing would be."""
+
+    def __init__(self, storage, first: list[int]):
+        super().__init__(storage)
+        self.first: list[int] | None = first
+
+    def lease_numbers(self, job: str) -> list[int]:
+        numbers, self.first = self.first, None
+        return numbers if numbers is not None else super().lease_numbers(job)
 
 
 def test_racing_controllers_one_winner(root_url):

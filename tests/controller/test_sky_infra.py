@@ -12,9 +12,9 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import make_bucket
+from conftest import REPO, make_bucket
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = REPO / "infra"
 FAKE_CLI = """#!/usr/bin/env bash
 # Records its arguments; copies any file given as file://PATH or --lifecycle-file=PATH.
 echo "$(basename "$0") $*" >> "$FAKE_LOG"
@@ -117,15 +117,25 @@ def test_gcs_grant_is_conditioned_on_the_prefix(tmp_path):
     assert refused.returncode == 2 and "limited to it" in refused.stderr
 
 
-def test_the_image_runs_as_a_non_root_user_and_holds_no_credentials():
-    dockerfile = (INFRA / "Dockerfile").read_text()
-    instructions = [line.split(None, 1) for line in dockerfile.splitlines() if line and not line.startswith(("#", " "))]
-    assert instructions[0] == ["FROM", "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"]
+@pytest.mark.parametrize("dockerfile, base", [
+    ("Dockerfile", "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"),  # the trainer
+    ("Dockerfile.controller", "python:3.11-slim"),                     # the controller: no torch
+])
+def test_the_images_run_as_a_non_root_user_and_hold_no_credentials(dockerfile, base):
+    text = (INFRA / dockerfile).read_text()
+    instructions = [line.split(None, 1) for line in text.splitlines() if line and not line.startswith(("#", " "))]
+    assert instructions[0] == ["FROM", base]
     users = [rest for word, rest in instructions if word == "USER"]
     assert users and users[-1] != "root"
     copied = [rest.split()[0] for word, rest in instructions if word == "COPY"]
-    assert copied == ["pyproject.toml", "controller", "trainer", "sky"]
+    assert copied == ["pyproject.toml", "core", "controller", "trainer", "sky"]
     assert not re.search(r"(?i)(secret|token|password|credential|access_key)", "\n".join(
         rest for word, rest in instructions if word in ("ENV", "ARG")))
-    ignore = (INFRA / "Dockerfile.dockerignore").read_text().splitlines()
-    assert ignore[ignore.index("*") + 1:][:5] == ["!pyproject.toml", "!README.md", "!controller/", "!trainer/", "!sky/"]
+    ignore = (INFRA / f"{dockerfile}.dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") + 1:][:6] == ["!pyproject.toml", "!README.md", "!core/", "!controller/", "!trainer/",
+                                                  "!sky/"]
+
+
+def test_the_controller_image_installs_no_torch():
+    # the base install and SkyPilot only (tests/test_architecture.py: the base install has no torch)
+    assert re.findall(r"pip install (\S+)", (INFRA / "Dockerfile.controller").read_text()) == ['".[skypilot]"']

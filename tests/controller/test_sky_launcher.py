@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from synthetic import write_squares
 
-from automl_images.controller import spec as spec_module
 from automl_images.controller.launch import LaunchRequest, RunState
+from automl_images.controller.launch.extras import skypilot_installed
 from automl_images.controller.launch.skypilot import Price, Record, SkyPilotLauncher
 from automl_images.controller.loop import Controller
 from automl_images.controller.spec import parse_job
@@ -26,7 +26,7 @@ compute:
   clouds: [aws]
   image: {IMAGE}
 """
-needs_skypilot = pytest.mark.skipif(not spec_module._skypilot_installed(),
+needs_skypilot = pytest.mark.skipif(not skypilot_installed(),
                                     reason="SkyPilot is not installed (the job file names it)")
 
 
@@ -63,7 +63,7 @@ class FakeJobs:
 
 
 class FixedPrices:
-    """Stands in for CatalogPricer (whose catalog lookups tests/test_sky_task.py runs for real)."""
+    """Stands in for CatalogPricer (whose catalog lookups tests/controller/test_sky_task.py runs for real)."""
 
     def plan(self, task: dict) -> Price:
         return Price(0.38, "aws", "g5.xlarge", "us-west-2", True)

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import boto3
 import pytest
-from automl_images.controller import spec as spec_module
+from conftest import TESTS
+
 from automl_images.controller.launch import template
+from automl_images.controller.launch.extras import skypilot_installed
 from automl_images.controller.spec import parse_job
 
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not spec_module._skypilot_installed(), reason="SkyPilot is not installed")]
-CATALOG = Path(__file__).resolve().parent / "fixtures" / "sky_catalog"
+              pytest.mark.skipif(not skypilot_installed(), reason="SkyPilot is not installed")]
+CATALOG = TESTS / "fixtures" / "sky_catalog"
 CATALOG_VERSION = "v8"  # sky.skylet.constants.CATALOG_SCHEMA_VERSION (test_sky_task.py checks it)
 CLIENT = """
 import io, json, sys
@@ -41,11 +43,13 @@ enabled = sky.stream_and_get(sdk.check(("aws",), verbose=True), output_stream=ou
 print("CHECK", json.dumps(enabled))
 result = sky.stream_and_get(sky.launch(task, cluster_name="automl-dryrun", dryrun=True), output_stream=out)
 print("RESULT", json.dumps(result))
-# Our boundary with SkyPilot, against the real API server: with no jobs controller yet, no managed
-# job of that name is alive (so the first launch of a trial is not blocked by the empty queue).
+# Our boundary with SkyPilot, against the real API server: with no jobs controller yet, SkyPilot's
+# queue (the request SkyJobs sends) refuses, and SkyJobs reads that as no managed job of that name
+# alive (so the first launch of a trial is not blocked by the empty queue).
 from automl_images.controller.launch.skypilot import SkyJobs
 try:
-    SkyJobs()._queue("sweep-t0000", None, refresh=False)
+    sky.get(sky.jobs.queue_v2(refresh=False, skip_finished=False, job_ids=None, name_match="sweep-t0000",
+                              fields=SkyJobs.FIELDS))
 except Exception as exc:
     print("RAW QUEUE", type(exc).__name__, getattr(exc, "cluster_status", None))
 print("QUEUE", SkyJobs().queue(name="sweep-t0000"))

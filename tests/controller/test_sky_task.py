@@ -12,14 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TESTS
+
 from automl_images.controller import spec as spec_module
 from automl_images.controller.launch import template
+from automl_images.controller.launch.extras import skypilot_installed
 from automl_images.controller.spec import parse_job
 
-if not spec_module._skypilot_installed():  # not importorskip: sky/ in this checkout would import
+if not skypilot_installed():  # not importorskip: sky/ in this checkout would import
     pytest.skip("SkyPilot is not installed: pip install 'automl-images[skypilot]'", allow_module_level=True)
 
-HERE = Path(__file__).resolve().parent
 IMAGE = "ghcr.io/you/automl-images-trainer:0.1.0"
 SPEC_URL = "s3://my-bucket/automl/jobs/sweep/trials/t0000/spec.json"
 
@@ -89,7 +91,7 @@ def probe(tmp_path_factory) -> dict:
     cases["template/controller"] = {"task": dict(controller, envs={"AUTOML_IMAGES_ROOT": "s3://b/automl"}),
                                     "required_envs": ["AUTOML_IMAGES_ROOT"], "price": True}
     (folder / "cases.json").write_text(json.dumps(cases))
-    result = subprocess.run([sys.executable, str(HERE / "sky_probe.py"), str(folder / "cases.json"),
+    result = subprocess.run([sys.executable, str(TESTS / "sky_probe.py"), str(folder / "cases.json"),
                              str(folder / "results.json")], env=sky_environment(folder / "home"),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
