@@ -20,6 +20,7 @@ from automl_images.core.storage import Storage, resolve
 
 from . import accepted
 from .job_state import JobStates
+from .launch.extras import TRAINER_INSTALL, trainer_installed
 from .spec import JobSpec, JobSpecError, parse_job_bytes
 
 
@@ -80,6 +81,11 @@ def _validated(root: Root, data: bytes, source: str) -> JobSpec:
             problems.append(Problem(source, field_name, f"{url} does not exist"))
     problems += [Problem(source, f"warm_start[{i}]", f"no job {job!r} in {root.url}")
                  for i, job in enumerate(spec.warm_start) if not root.storage.exists(root.job_state(job))]
+    if spec.compute.launcher == "local" and not trainer_installed():
+        # The local launcher runs the trials on the machine of the controller accepting the job.
+        problems.append(Problem(source, "compute.launcher", f"local runs the trials on this controller's machine, "
+                                                            f"which has no trainer: {TRAINER_INSTALL} there, "
+                                                            "or use launcher: skypilot"))
     if problems:
         raise JobSpecError(source, problems)
     return spec

@@ -63,7 +63,7 @@ class JobController:
     def load(cls, context: Context, job_id: str) -> "JobController":
         """From the bucket: the saved spec (JobSpecError when another version saved it), the
         finished trials of trials.json, and the warm-start seeds (gathered and saved on first use)."""
-        spec = accepted.load(context.root, job_id)
+        spec = accepted.upgrade(context.root, job_id)
         seeds = warmstart.seeds(context.root, job_id, spec, context.log) if spec.warm_start else []
         return cls(context, job_id, spec, trials.read_summary(context.root, job_id), seeds)
 
@@ -103,12 +103,12 @@ class JobController:
         return views
 
     def _read_trial(self, trial: str) -> TrialView | None:
-        launcher = self.context.launcher
-        view = trials.read_trial(self.root, self.job_id, trial, self._sweeps.get(trial),
+        launcher, now = self.context.launcher, self.context.clock()
+        view = trials.read_trial(self.root, self.job_id, trial, self._sweeps.get(trial), now=now,
                                  poll=lambda launch: launcher(launch["launcher"]).poll(launch["handle"]))
         if view is not None:
             self._sweeps[trial] = view.sweep
-            view.cost_usd = self.costs.until(view.launch, self.context.clock())
+            view.cost_usd = self.costs.until(view.launch, now)  # as the launcher prices a running attempt
         return view
 
     def _settle(self, view: TrialView) -> None:
@@ -220,7 +220,7 @@ class JobController:
         if best is not None:
             storage.copy_tree(self.root.trial_key(self.job_id, best["trial_id"], FILES.model_dir),
                               self.root.best(self.job_id))
-            storage.write_json(self.root.best(self.job_id, "trial.json"),
+            storage.write_json(self.root.best_trial(self.job_id),
                                {**best, "model_url": storage.url(self.root.best(self.job_id))})
         storage.write_text(self.root.leaderboard(self.job_id, "csv"), leaderboard.to_csv(board))
         storage.write_text(self.root.leaderboard(self.job_id, "json"), leaderboard.to_json(board))

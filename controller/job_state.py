@@ -12,11 +12,11 @@ before saving it decides the same transition again.
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from automl_images.core.layout import Root
 from automl_images.core.records import JobStatus
+from automl_images.core.storage import json_bytes
 
 from .spec import JobSpecError
 
@@ -43,8 +43,7 @@ class JobStates:
                               "accepted_at": now, "finished_at": now})
 
     def _create(self, job_id: str, state: dict[str, Any]) -> None:
-        data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
-        self.root.storage.create_exclusive(self.root.job_state(job_id), data)
+        self.root.storage.create_exclusive(self.root.job_state(job_id), json_bytes(state))
 
     # -- later transitions: `state` is the job's state as this pass read it, updated in place ----
     def transition(self, job_id: str, state: dict[str, Any], status: JobStatus, reason: str = "",

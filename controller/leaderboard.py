@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from typing import Any
 
 from automl_images.core.hyperparameters import metric_direction, oriented
 from automl_images.core.records import TrialView
+from automl_images.core.storage import json_bytes
 
 
 def build(primary_metric: str, trials: list[TrialView]) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def to_csv(board: dict[str, Any]) -> str:
 
 
 def to_json(board: dict[str, Any]) -> str:
-    return json.dumps(board, indent=2, sort_keys=True) + "\n"
+    return json_bytes(board).decode("utf-8")
 
 
 def _cell(value: Any) -> str:

@@ -23,7 +23,6 @@ conditional creates, launches adopt a running trial), so a lease lost mid-action
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from automl_images.core.layout import Root
+from automl_images.core.storage import json_bytes
 
 LEASE_TTL_S = 120.0      # a dead controller's jobs wait this long for another (unless on the same machine)
 LEASE_MARGIN_S = 20.0    # the most clocks may disagree; a holder stops acting this long before expiry
@@ -138,7 +138,7 @@ class Leases:
         if held is None:
             return
         record = self._record(held.number + 1, released=True)
-        self.root.storage.create_exclusive(self.root.lease(job_id, held.number + 1), _json(record))
+        self.root.storage.create_exclusive(self.root.lease(job_id, held.number + 1), json_bytes(record))
 
     def release_all(self) -> None:
         for job_id in list(self._held):
@@ -168,7 +168,7 @@ class Leases:
 
     def _create(self, job_id: str, number: int) -> bool:
         record = self._record(number)
-        if not self.root.storage.create_exclusive(self.root.lease(job_id, number), _json(record)):
+        if not self.root.storage.create_exclusive(self.root.lease(job_id, number), json_bytes(record)):
             self._held.pop(job_id, None)
             return False
         numbers = self.root.lease_numbers(job_id)
@@ -189,7 +189,3 @@ class Leases:
                 return None
             self._seen[(job_id, number)] = record
         return self._seen[(job_id, number)]
-
-
-def _json(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

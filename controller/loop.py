@@ -29,8 +29,9 @@ from .job import Context, JobController, Log
 from .job_state import JobStates
 from .launch import get_launcher
 from .launch.base import Launcher
+from .launch.extras import MissingInstall
 from .lease import LEASE_TTL_S, Leases
-from .spec import JobSpecError
+from .spec import JobSpecError, NewerSpecError
 
 # A job on which the controller fails this many passes in a row, other than for the bucket being
 # unreachable, is failed with the error instead of being retried forever.
@@ -51,6 +52,7 @@ class Controller:
         self._context = Context(self.root, clock, self.log, self.launcher, self.leases, self.states)
         self._jobs: dict[str, JobController] = {}  # the running jobs whose lease this controller holds
         self._watched: dict[str, str] = {}     # jobs leased by another controller: the holder last logged
+        self._newer: set[str] = set()          # jobs whose spec a newer controller saved: never acted on
         self._errors: dict[str, int] = {}      # consecutive failed passes, per job
         self.failed_passes = 0                 # passes in which something failed (logged)
 
@@ -111,7 +113,8 @@ class Controller:
             self.log(f"{what}: the bucket is not answering ({type(exc).__name__}: {exc}); "
                      "trying again on the next pass")
             return 1
-        self.log(f"{what}: {type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        detail = "" if isinstance(exc, MissingInstall) else "\n" + traceback.format_exc()
+        self.log(f"{what}: {type(exc).__name__}: {exc}{detail}")
         if job_id is not None:
             self._errors[job_id] = self._errors.get(job_id, 0) + 1
             if self._errors[job_id] >= MAX_JOB_ERRORS and self.leases.holds(job_id):
@@ -147,13 +150,22 @@ class Controller:
             self._jobs.pop(job_id, None)
             self.leases.forget(job_id)
             return status
+        if job_id in self._newer:
+            return status  # a newer controller's job: left to it
         if not self.leases.acquire(job_id):
             self._note_watching(job_id)
             return status  # another controller acts on it; this one only reads
         self._watched.pop(job_id, None)
         try:
             job = self.job(job_id)
-        except JobSpecError as exc:  # saved by another version: no pass of this controller can run it
+        except NewerSpecError as exc:
+            # Accepted by a newer controller, which may share this root: hand the lease back and
+            # never take it again, rather than fail a job that the newer one can run.
+            self._newer.add(job_id)
+            self.leases.release(job_id)
+            self.log(f"job {job_id}: left to a newer controller ({exc})")
+            return status
+        except JobSpecError as exc:  # damaged, or saved by an older version: no controller can run it
             self._give_up(job_id, str(exc))
             return JobStatus.FAILED
         return job.reconcile(state)

@@ -21,7 +21,6 @@ from automl_images.core import hyperparameters as hps
 from automl_images.core import models
 from automl_images.core.hyperparameters import Kind, Task
 from automl_images.core.problems import Problem
-from automl_images.core.problems import render as render_problems
 
 from . import distributions
 from .distributions import Distribution, DistributionError
@@ -56,12 +55,16 @@ class JobSpecError(ValueError):
     def __init__(self, source: str, problems: list[Problem]):
         self.source = source
         self.problems = problems
-        super().__init__(render_problems(problems))
+        super().__init__("\n".join(str(p) for p in problems))  # a job file's problems, every one
 
     def to_json(self) -> dict[str, Any]:
         return {"error": "invalid job file", "source": self.source,
                 "problems": [{"path": p.field, "line": p.line, "message": p.message} for p in self.problems],
                 "message": str(self)}
+
+
+class NewerSpecError(JobSpecError):
+    """A saved job spec of a newer schema version: a newer controller runs that job."""
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,6 @@ class JobSpec:
     # when the job was accepted: the job's trials keep them when the registry changes afterwards.
     defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
-    @property
-    def direction(self) -> str:
-        return hps.metric_direction(self.primary_metric)
-
     def trial_hyperparameters(self, subspace: int, params: dict[str, Any]) -> dict[str, Any]:
         """The values a trial runs with: the subspace's constants, the fixed arguments that apply
         to its model, and the sampled `params`, checked and coerced; the job's saved `defaults`
@@ -158,7 +157,10 @@ class JobSpec:
         values.update((name, value) for name, value in self.arguments.items() if name in defaults)
         checked = {}
         for name, value in values.items():
-            coerced, error = hps.HYPERPARAMETERS[name].check(value)
+            # Coerced as the registry types it (a quniform draw of an integer setting is a float);
+            # a name a later registry dropped keeps the value the job was accepted with.
+            definition = hps.HYPERPARAMETERS.get(name)
+            coerced, error = definition.check(value) if definition is not None else (value, None)
             if error:
                 raise ValueError(f"{name}: {error}")
             checked[name] = coerced
@@ -184,27 +186,42 @@ class JobSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "spec.json") -> "JobSpec":
-        """The spec that `to_json` wrote. It was validated when it was written: only its version is
-        checked (JobSpecError for another one)."""
+        """The spec that `to_json` wrote. It was validated when it was written: only its version and
+        shape are checked (NewerSpecError for a newer version, JobSpecError for anything else). A
+        field added since, with a default, may be missing."""
         version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise NewerSpecError(source, [Problem(source, "schema_version", (
+                f"this controller reads saved job specs of version {SCHEMA_VERSION}, not {version}: the job was "
+                "accepted by a newer automl-images; a controller of that version runs it"))])
         if version != SCHEMA_VERSION:
             raise JobSpecError(source, [Problem(source, "schema_version", (
                 f"this controller reads saved job specs of version {SCHEMA_VERSION}, not {version!r}: the job "
                 "was accepted by another version of automl-images; run it with that version, or submit its "
                 "job.yaml again"))])
-        fields = {f.name: data[f.name] for f in dataclasses.fields(cls)}
-        compute = {k: tuple(v) if isinstance(v, list) else v for k, v in data["compute"].items()}
-        early = data["early_termination"]
-        fields.update(
-            task=Task(data["task"]),
-            search_space=tuple({name: _saved_value(value) for name, value in space.items()}
-                               for space in data["search_space"]),
-            limits=Limits(**data["limits"]),
-            compute=Compute(**{**compute, "job_recovery": JobRecovery(**compute["job_recovery"])}),
-            early_termination=None if early is None else EarlyTermination(**early),
-            sampling_options=SamplingOptions(**data["sampling_options"]),
-            warm_start=tuple(data["warm_start"]))
-        return cls(**fields)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"schema_version"})
+        try:
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+            fields = {name: data[name] for name in known if name in data}
+            compute = {k: tuple(v) if isinstance(v, list) else v for k, v in data.get("compute", {}).items()}
+            if "job_recovery" in compute:
+                compute["job_recovery"] = JobRecovery(**compute["job_recovery"])
+            early = data.get("early_termination")
+            fields.update(
+                task=Task(data["task"]),
+                search_space=tuple({name: _saved_value(value) for name, value in space.items()}
+                                   for space in data["search_space"]),
+                limits=Limits(**data.get("limits", {})),
+                compute=Compute(**compute),
+                early_termination=None if early is None else EarlyTermination(**early),
+                sampling_options=SamplingOptions(**data.get("sampling_options", {})),
+                warm_start=tuple(data.get("warm_start", ())))
+            return cls(**fields)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise JobSpecError(source, [Problem(source, "", f"not a saved job spec of version {SCHEMA_VERSION}: "
+                                                            f"{type(exc).__name__}: {exc}")]) from None
 
 
 def _saved_value(value: Any) -> Value:

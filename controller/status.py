@@ -64,7 +64,7 @@ def render_job(root: Root, job_id: str) -> str:
         status = trial.status or {}
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         epoch = f"epoch {status.get('epoch', 0)}/{status.get('epochs_total', '?')}"
-        error = (status.get("error") or {}).get("message", "")
+        error = (status.get("error") or {}).get("message", "").replace("\n", "\n      ")  # every line indented
         lines.append(f"  {trial.trial_id}  {trial.trial_status.value:9}  {epoch:12}  ${trial.cost_usd:<7.2f}  {shown}"
                      + (f"\n      {error}" if error else ""))
     return "\n".join(lines)

@@ -15,8 +15,8 @@ from typing import Callable
 
 import yaml
 
-from automl_images.core.layout import Root, job_id_from_name
 from automl_images.core import jsonl
+from automl_images.core.layout import Root, job_id_from_name
 from automl_images.core.problems import Problem, Problems
 from automl_images.core.storage import Storage, is_url, join, resolve
 

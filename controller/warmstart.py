@@ -22,11 +22,11 @@ Seeds count towards `n_initial_points` and the subspace choice like the job's ow
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from automl_images.core import trials
 from automl_images.core.layout import Root
+from automl_images.core.storage import json_bytes
 
 from . import accepted
 from .distributions import Distribution
@@ -101,7 +101,7 @@ def seeds(root: Root, job_id: str, spec: JobSpec, log: Callable[[str], None]) ->
     saved = root.storage.read_json(key)
     if saved is None:
         collected = collect(root, spec)
-        root.storage.create_exclusive(key, (json.dumps(collected, indent=2, sort_keys=True) + "\n").encode())
+        root.storage.create_exclusive(key, json_bytes(collected))
         saved = root.storage.read_json(key)
         log(f"job {job_id}: warm start from {len(saved['seeds'])} earlier trial(s): " + "; ".join(saved["notes"]))
     return observations(saved)

@@ -1,7 +1,8 @@
 """Every hyperparameter of Azure ML AutoML for Images, with its type, range and per-task default.
 
-One registry, owned by the trainer: the controller validates job files against it, the trainer
-resolves each trial's settings from it, and the README's table is generated from the same data.
+One registry, in the torch-free core: the controller validates job files against it and resolves
+each job's defaults from it when it accepts the job, the trainer builds what the settings name,
+and the README's table is generated from the same data.
 A setting the trainer does not act on is not in the registry: a job that sets it is refused,
 never silently ignored.
 """

@@ -148,6 +148,10 @@ class Root:
     def best(self, job: str, name: str = "") -> str:
         return self.job_key(job, join("best", name) if name else "best")
 
+    def best_trial(self, job: str) -> str:
+        """The best trial's leaderboard row, with the URL of its model (the rest of best/)."""
+        return self.best(job, "trial.json")
+
     # -- trials ---------------------------------------------------------------------------------
     def trial_ids(self, job: str) -> list[str]:
         return [n for n in self.storage.list(self.job_key(job, "trials")) if TRIAL_ID.fullmatch(n)]

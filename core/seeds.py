@@ -4,6 +4,9 @@ controller, a resumed trial and a rerun job draw exactly the same numbers.
     trial_seed(job_seed, index)          the seed in trial `index`'s spec.json: data split, model
                                          initialisation, augmentation, batch order
     rank_seed(trial_seed, rank)          one process of a distributed trial (its own augmentations)
+    epoch_order_seed(trial_seed, epoch)  the order of the training images in an epoch
+    augmentation_seed(trial_seed, epoch, index)  one image's random transform in one epoch, the
+                                         same in a resumed epoch and in any loader worker
     sampler_rng(job_seed, index, stream) the sampler's generator for trial `index`; `stream` keeps
                                          independent draws for one trial apart (SamplerStream)
     sampler_seed(job_seed, index)        the same as one integer, for libraries that take a seed
@@ -37,6 +40,14 @@ def trial_seed(job_seed: int, index: int) -> int:
 
 def rank_seed(trial_seed: int, rank: int) -> int:
     return trial_seed + _RANK_STRIDE * rank
+
+
+def epoch_order_seed(trial_seed: int, epoch: int) -> int:
+    return trial_seed * 100_003 + epoch
+
+
+def augmentation_seed(trial_seed: int, epoch: int, index: int) -> int:
+    return ((trial_seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63
 
 
 def sampler_rng(job_seed: int, index: int, stream: SamplerStream = SamplerStream.PROPOSAL) -> np.random.Generator:

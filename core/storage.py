@@ -8,6 +8,7 @@ folder, both of which fail when the key already exists.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -67,7 +68,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _typed_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (ConnectionError, TimeoutError)):
+    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):  # one type from Python 3.11 on
         return True
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return True
@@ -101,6 +102,12 @@ def with_retries(call: Callable[[], T], attempts: int = 5, first_delay_s: float 
             time.sleep(delay)
             delay *= 2
     raise AssertionError("unreachable")
+
+
+def json_bytes(value: Any) -> bytes:
+    """How every JSON object the product keeps is written: indented, keys sorted, one trailing
+    newline (readable by a person, and the same bytes for the same value)."""
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 def is_url(path: str) -> bool:
@@ -208,7 +215,7 @@ class Storage:
         self.write_bytes(key, text.encode("utf-8"))
 
     def write_json(self, key: str, value: Any) -> None:
-        self.write_bytes(key, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        self.write_bytes(key, json_bytes(value))
 
     def upload_file(self, local_path: str, key: str) -> None:
         with open(local_path, "rb") as f:

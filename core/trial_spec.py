@@ -4,7 +4,8 @@ The controller builds it once, from the job spec saved at acceptance, and writes
 in the trial folder; `automl-images trial run SPEC_URL` reads it. The trainer checks its schema
 version and the shape of its fields, and trusts the rest: the hyperparameters were validated and
 resolved against the registry (`hyperparameters.py`) when the job was accepted, so a trainer built
-from a newer registry runs the trial exactly as the job was accepted. It is plain JSON so that a
+from a newer registry runs the trial as the job was accepted (a hyperparameter the spec lacks, one
+added since, takes the trainer's default and is listed in `registry_defaults`). It is plain JSON so that a
 person can read it and rerun a trial by hand.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .hyperparameters import Task, for_task
+from .storage import json_bytes
 
 SCHEMA_VERSION = 1
 
@@ -43,12 +45,14 @@ class TrialSpec:
     # What the sampler chose for this trial (subspace index and sampled values): for people and the
     # leaderboard; the trainer runs `hyperparameters`, which already include them.
     sweep: dict[str, Any] = field(default_factory=dict)
+    # Hyperparameters the spec did not have, filled from the trainer's registry when it was read.
+    registry_defaults: tuple[str, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
         data = asdict(self)
         data["task"] = self.task.value
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        return json_bytes(data).decode("utf-8")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrialSpec":
@@ -71,12 +75,12 @@ class TrialSpec:
         hyperparameters = data["hyperparameters"]
         if not isinstance(hyperparameters, dict):
             raise SpecError("trial spec field 'hyperparameters' must be an object")
-        missing = [hp.name for hp in for_task(task, hyperparameters.get("model_name"))
-                   if hp.name not in hyperparameters]
-        if missing:
-            raise SpecError(f"trial spec hyperparameters.{missing[0]}: missing ({len(missing)} missing in all: "
-                            f"{', '.join(missing)}); the controller writes every hyperparameter of the task and "
-                            "model, resolved, and a spec written by hand must too")
+        # A hyperparameter added to the registry after the job was accepted (a newer trainer image)
+        # takes this trainer's default, so that an upgrade never fails the trials of a running job;
+        # the names are kept, and logged by the trial.
+        model_name = hyperparameters.get("model_name")
+        added = {hp.name: hp.default_for(task, model_name) for hp in for_task(task, model_name)
+                 if hp.name not in hyperparameters}
         datastores = data.get("datastores") or {}
         if not isinstance(datastores, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in datastores.items()):
@@ -87,7 +91,8 @@ class TrialSpec:
         fields = {k: v for k, v in data.items() if k in known}
         fields["datastores"] = dict(datastores)
         fields["task"] = task
-        fields["hyperparameters"] = dict(data["hyperparameters"])
+        fields["hyperparameters"] = {**hyperparameters, **added}
+        fields["registry_defaults"] = tuple(sorted(set(data.get("registry_defaults") or ()) | set(added)))
         return cls(**fields)
 
     @classmethod
@@ -97,6 +102,3 @@ class TrialSpec:
         except json.JSONDecodeError as exc:
             raise SpecError(f"trial spec is not valid JSON: {exc}") from None
         return cls.from_dict(data)
-
-    def hp(self, name: str) -> Any:
-        return self.hyperparameters.get(name)

@@ -26,8 +26,8 @@ VERSION = 1
 _LEFT_OUT = ("skipped_images",)
 
 
-def read_trial(root: Root, job_id: str, trial: str, sweep: dict[str, Any] | None = None,
-               poll: Callable[[dict[str, Any]], RunState] | None = None, now: float = 0.0) -> TrialView | None:
+def read_trial(root: Root, job_id: str, trial: str, sweep: dict[str, Any] | None = None, *, now: float,
+               poll: Callable[[dict[str, Any]], RunState] | None = None) -> TrialView | None:
     """One trial as its folder holds it; None when its spec is not written yet. `sweep`: the
     trial's sweep when the caller already has it (it never changes). `poll`: asks the launcher
     about a launched run; called after reading launch.json and before status.json, so that a trial

@@ -185,14 +185,33 @@ try:
     get_launcher("local")
 except RuntimeError as exc:
     said["local launcher"] = str(exc)
+import pathlib, tempfile
+from automl_images.controller.loop import Controller
+with tempfile.TemporaryDirectory() as folder:
+    data = pathlib.Path(folder, "train.jsonl")
+    data.write_text('{{"image_url": "a.png", "label": "x"}}\\n')
+    pathlib.Path(folder, "root", "inbox").mkdir(parents=True)
+    pathlib.Path(folder, "root", "inbox", "job.yaml").write_text(
+        f"task: image-classification\\ntraining_data: {{data}}\\n")
+    log = []
+    Controller(str(pathlib.Path(folder, "root")), log=log.append).reconcile_once()
+    said["controller"] = log
 print(json.dumps(said))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     said = json.loads(result.stdout)
     needs = f"needs the trainer, which is not installed: {TRAINER_INSTALL}\n"
-    assert said.pop("local launcher") == ("the local launcher runs trials on this machine, and they need the "
-                                          f"trainer, which is not installed: {TRAINER_INSTALL}")
+    message = f"the local launcher runs trials on this machine, and they need the trainer, which is not installed: " \
+              f"{TRAINER_INSTALL}"
+    assert said.pop("local launcher") == message
+    # a controller refuses a job for the local launcher when it accepts it, saying why in one line
+    controller_log = said.pop("controller")
+    assert any(line.startswith("job job: rejected") for line in controller_log)
+    assert any(line.endswith(f"field 'compute.launcher': local runs the trials on this controller's machine, which "
+                             f"has no trainer: {TRAINER_INSTALL} there, or use launcher: skypilot")
+               for line in controller_log), controller_log
+    assert not any("Traceback" in line for line in controller_log)
     assert said == {"trial": [2, "automl-images trial run " + needs], "demo": [2, "automl-images demo " + needs],
                     "convert": [2, "automl-images convert " + needs],
                     "evaluate": [2, "automl-images evaluate " + needs]}

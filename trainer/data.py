@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 
 from automl_images.core import jsonl
 from automl_images.core.problems import Problems
+from automl_images.core.seeds import augmentation_seed
 from automl_images.core.storage import filesystem, is_url, join, resolve, with_retries
 
 # A decompression bomb (a tiny PNG that decodes to gigapixels) must fail as a bad image, not take
@@ -482,7 +483,7 @@ class ImageDataset:
         if isinstance(key, tuple):
             epoch, index = key
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + index) % 2**63)
+                torch.manual_seed(augmentation_seed(self.seed, epoch, index))
                 return self._item(index)
         return self._item(key)
 

@@ -58,7 +58,7 @@ class ImageResult:
 # -- the objects, computed once for both evaluations ----------------------------------------------
 
 def _mask_module():
-    from faster_coco_eval.core import mask   # imported here: the box metrics need none of it
+    from faster_coco_eval.core import mask  # imported here: the box metrics need none of it
     return mask
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from automl_images.core.hyperparameters import oriented
+from automl_images.core.seeds import epoch_order_seed
 from automl_images.core.trial_spec import SpecError
 
 from . import distributed
@@ -156,7 +157,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        generator = torch.Generator().manual_seed(epoch_order_seed(self.seed, self.epoch))
         order = torch.randperm(self.size, generator=generator).tolist()
         padded = (order * math.ceil(self.per_rank * self.world_size / max(1, self.size)))[
             :self.per_rank * self.world_size]
@@ -351,8 +352,8 @@ def _never() -> bool:
     return False
 
 
-def _no_heartbeat(step: int, steps: int) -> None:
-    pass
+def no_heartbeat(step: int, steps: int) -> None:
+    """The heartbeat of a process that reports nothing (a rank other than 0, a benchmark)."""
 
 
 @dataclass
@@ -370,7 +371,7 @@ class EpochContext:
     prepare: Callable[[Any], Any] | None = None
     ctx: distributed.Context = field(default_factory=distributed.Context)  # one process
     should_stop: Callable[[], bool] = _never          # this process's stop flag (a signal)
-    on_step: Callable[[int, int], None] = _no_heartbeat  # (step, steps) after every step: the heartbeat
+    on_step: Callable[[int, int], None] = no_heartbeat  # (step, steps) after every step: the heartbeat
 
 
 def train_one_epoch(context: EpochContext, loader: DataLoader) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 task adapter, resumed from the checkpoint, then trained epoch by epoch: evaluation when due, a
 checkpoint after every epoch, early stopping, stop requests and signals.
 
-`run.py` reads the spec, loads the data and reports to the trial folder; it gives this loop the
-data (`TrainingData`) and itself (`Trial`, what the loop reports to). Under torchrun every process
+`run.py` reads the spec and reports to the trial folder, `inputs.py` loads the data; the loop is
+given the data (`TrainingData`) and the trial run (`Trial`, what the loop reports to). Under torchrun every process
 runs the loop and they take every decision together: the same stop step, and rank 0's metrics for
 early stopping and the best epoch.
 """
@@ -37,7 +37,7 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class TrainingData:
-    """What the loop trains and evaluates on (loaded by run.py)."""
+    """What the loop trains and evaluates on (inputs.TrialInputs.loaders)."""
     labels: list[str]             # the class names, in the order of the model's outputs
     train_loader: DataLoader      # batches from an engine.EpochBatchSampler
     val_loader: DataLoader

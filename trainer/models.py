@@ -1,13 +1,26 @@
 """Building the networks of the model registry (`automl_images.core.models`): torchvision's
 classifiers and detector backbones, the architectures torchvision lacks, pretrained weights from the
 weights cache or torchvision's download, and `layers_to_freeze`.
+
+Pretrained weights come from the weights cache first (a folder or bucket prefix: the job's
+`weights_cache` or $AUTOML_IMAGES_WEIGHTS_CACHE), as files named as below; the torchvision models
+then fall back to torchvision's download. `seresnext` and `vits16r224` have no torchvision weights,
+so the cache is their only source: a state dict of the architecture built here (keys as
+`build_classifier(name, 1000, pretrained=False).state_dict()` names them), in the file
+`ModelInfo.weights_file` (`seresnext50_32x4d.pth`, `vit_s_16.pth`). timm's `seresnext50_32x4d`
+has the same module names: its state dict, saved with torch.save, loads as it is (checked: strict
+load, identical outputs). timm's ViT-S names its modules differently and needs converting.
 """
 from __future__ import annotations
 
 import os
 from typing import Callable
 
-from automl_images.core.models import FROZEN_WITH, WEIGHTS_CACHE_ENV, ModelInfo, get
+from automl_images.core.models import FROZEN_WITH, ModelInfo, get
+
+# Environment variable naming a folder or bucket prefix that holds pretrained weight files, as
+# torchvision names them (e.g. resnet18-f37072fd.pth). Checked before any download.
+WEIGHTS_CACHE_ENV = "AUTOML_IMAGES_WEIGHTS_CACHE"
 
 # -- architectures torchvision does not have ------------------------------------------------------
 

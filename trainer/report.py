@@ -3,7 +3,6 @@
 never writes a key the trainer owns while the trainer is alive."""
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -12,7 +11,7 @@ from typing import Any, Callable
 
 from automl_images.core.layout import FILES
 from automl_images.core.records import TrialStatus
-from automl_images.core.storage import Storage, join
+from automl_images.core.storage import Storage, join, json_bytes
 
 
 class BackgroundWriter:
@@ -100,7 +99,7 @@ class Reporter:
             self.storage.write_json(key, value)
             return
         # Encoded now: the dict may change before the background thread writes it.
-        data = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        data = json_bytes(value)
         self.writer.submit(lambda: self.storage.write_bytes(key, data))
 
     def stop_requested(self) -> dict[str, Any] | None:

@@ -294,7 +294,7 @@ class _Trial:
 
     # -- what the fit loop reports to (fit.Trial) ---------------------------------------------------
     def heartbeat(self, epoch: int) -> Callable[[int, int], None]:
-        return _Heartbeat(self.reporter, epoch) if self.main else _no_heartbeat
+        return _Heartbeat(self.reporter, epoch) if self.main else engine.no_heartbeat
 
     def write_metrics(self, epoch: int, metrics: dict[str, Any]) -> None:
         if self.main:
@@ -384,11 +384,11 @@ class _Trial:
         log.info("trial %s/%s attempt %d: %s %s on %s (%d threads%s)", spec.job_id, spec.trial_id, attempt,
                  spec.task.value, hp["model_name"], device, threads,
                  f", {ctx.world_size} processes, {ctx.backend}" if ctx.enabled else "")
+        if spec.registry_defaults:
+            log.warning("the trial spec has no %s: this trainer's defaults are used (%s)",
+                        ", ".join(spec.registry_defaults),
+                        ", ".join(f"{name}={hp[name]!r}" for name in spec.registry_defaults))
         return device
-
-
-def _no_heartbeat(step: int, steps: int) -> None:
-    pass
 
 
 class _Heartbeat:

@@ -14,6 +14,11 @@ SKYPILOT_INSTALL = "pip install 'automl-images[skypilot]'"
 TRAINER_MODULES = ("torch", "torchvision", "PIL", "faster_coco_eval")
 
 
+class MissingInstall(RuntimeError):
+    """An optional install that this machine lacks: a one-line message saying what to install,
+    logged without a traceback (nothing in the code is wrong)."""
+
+
 def trainer_installed() -> bool:
     """Whether trials can run here: the local launcher, `trial run`, `evaluate`, `convert` and the
     demo need the trainer extra."""

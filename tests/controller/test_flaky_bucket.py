@@ -24,7 +24,7 @@ ERRORS = [ConnectionError("Connection reset by peer"),
 class FlakyFileSystem(LocalFileSystem):
     """A local folder behind `flaky://` whose calls fail: every 9th alone (the retries absorb it),
     and calls OUTAGE_START to OUTAGE_START + OUTAGE_CALLS all (longer than the 5 tries of
-    trainer.storage.with_retries)."""
+    core.storage.with_retries)."""
     protocol = "flaky"
     OUTAGE_START, OUTAGE_CALLS = 150, 6
     calls = 0

@@ -125,24 +125,45 @@ def test_a_restarted_controller_keeps_the_defaults_the_job_was_accepted_with(loc
             assert root.read_trial(job, trial, FILES.status)["epochs"] == epochs
 
 
-def test_a_spec_saved_by_another_version_fails_its_job_once(local_root):
+def test_a_damaged_or_older_spec_fails_its_job_once(local_root):
+    for job, damage in (("older", lambda saved: {**saved, "schema_version": 0}),
+                        ("damaged", lambda saved: {**saved, "search_space": 7})):
+        root, clock = Root(local_root), FakeClock()
+        submit(root, job, sim_job())
+        Controller(root).accept(f"{job}.yaml")
+        root.storage.write_json(root.job_spec(job), damage(root.storage.read_json(root.job_spec(job))))
+        log: list[str] = []
+        controller = Controller(root, log=log.append, clock=clock, launchers={"local": SimLauncher(clock=clock)})
+        for _ in range(3):
+            controller.reconcile_once()
+        state = root.storage.read_json(root.job_state(job))
+        assert state["status"] == "failed"
+        error = root.storage.read_json(root.job_error(job))
+        assert error["error"] == "job failed"
+        assert ("not 0: the job was accepted by another version" if job == "older"
+                else "not a saved job spec of version 1: TypeError") in error["message"]
+        failures = [line for line in log if line.startswith(f"job {job}: failed")]
+        assert failures == [f"job {job}: failed ({state['reason']})"]  # once
+        assert not any("Traceback" in line for line in log) and root.trial_ids(job) == []
+
+
+def test_a_spec_saved_by_a_newer_version_is_left_to_a_newer_controller(local_root):
+    """Two versions may share a root during an upgrade: the older controller neither runs nor fails
+    a job that a newer one accepted, and hands back its lease."""
     root, clock = Root(local_root), FakeClock()
     submit(root, "future", sim_job())
     Controller(root).accept("future.yaml")
     saved = root.storage.read_json(root.job_spec("future"))
     root.storage.write_json(root.job_spec("future"), {**saved, "schema_version": SCHEMA_VERSION + 1})
     log: list[str] = []
-    controller = Controller(root, log=log.append, clock=clock, launchers={"local": SimLauncher(clock=clock)})
+    older = Controller(root, log=log.append, clock=clock, launchers={"local": SimLauncher(clock=clock)})
     for _ in range(3):
-        controller.reconcile_once()
-    state = root.storage.read_json(root.job_state("future"))
-    assert state["status"] == "failed" and "schema_version" in state["reason"]
-    error = root.storage.read_json(root.job_error("future"))
-    assert error["error"] == "job failed"
-    assert f"reads saved job specs of version {SCHEMA_VERSION}, not {SCHEMA_VERSION + 1}" in error["message"]
-    failures = [line for line in log if line.startswith("job future: failed")]
-    assert failures == [f"job future: failed ({state['reason']})"]  # once
-    assert not any("Traceback" in line for line in log) and root.trial_ids("future") == []
+        assert older.reconcile_once() == 1  # still running, as far as this controller can tell
+    assert root.storage.read_json(root.job_state("future"))["status"] == "running"
+    assert not root.storage.exists(root.job_error("future")) and root.trial_ids("future") == []
+    left = [line for line in log if line.startswith("job future: left to a newer controller")]
+    assert len(left) == 1 and f"not {SCHEMA_VERSION + 1}" in left[0]
+    assert not older.leases.holds("future")
 
 
 def test_a_job_accepted_before_specs_were_saved_whole_runs_on(local_root):

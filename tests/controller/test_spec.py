@@ -15,7 +15,7 @@ from automl_images.controller.distributions import Distribution
 from automl_images.controller.spec import JobSpecError, parse_job
 from automl_images.core import hyperparameters as hps
 from automl_images.core import models
-from automl_images.core.hyperparameters import Task
+from automl_images.core.hyperparameters import Task, metric_direction, oriented
 from automl_images.core.problems import Problem
 
 SOURCE = "job.yaml"
@@ -396,8 +396,8 @@ def test_primary_metric_defaults_per_task():
 
 def test_log_loss_is_minimized():
     spec = parse_job(BASE + "primary_metric: log_loss\n")
-    assert spec.direction == "minimize"
-    assert parse_job(BASE).direction == "maximize"
+    assert metric_direction(spec.primary_metric) == "minimize" and oriented(spec.primary_metric, 0.25) == -0.25
+    assert metric_direction(parse_job(BASE).primary_metric) == "maximize"
 
 
 def test_grid_sampling_over_a_continuous_distribution():

@@ -76,7 +76,7 @@ def test_sigkill_at_random_moments_ten_times(local_root, tmp_path):
     import json
     import random
 
-    from automl_images.core import trials as summary
+    from automl_images.core.trials import read_summary
 
     data = tmp_path / "data"
     write_squares(data, per_class=3, validation_per_class=1)
@@ -121,7 +121,7 @@ def test_sigkill_at_random_moments_ten_times(local_root, tmp_path):
     board = root.storage.read_json(root.leaderboard("kills"))
     assert sorted(row["trial_id"] for row in board["trials"]) == trials
     assert all(isinstance(row["metrics"].get("accuracy"), float) for row in board["trials"])
-    assert sorted(summary.read_summary(root, "kills")) == trials
+    assert sorted(read_summary(root, "kills")) == trials
     # each trial's proposal was saved once: the sweeps in the trial specs are the leaderboard's
     specs = {t: root.read_trial("kills", t, FILES.spec)["sweep"]["params"] for t in trials}
     assert {row["trial_id"]: row["params"] for row in board["trials"]} == specs

@@ -64,7 +64,7 @@ def test_sweep_end_to_end(root_url, tmp_path):
     assert set(board["trials"][0]) >= {"trial_id", "status", "params", "metrics", "epochs", "duration_s"}
     assert root.storage.read_text(root.leaderboard(job_id, "csv")).startswith("rank,trial_id,status,accuracy")
 
-    best = root.storage.read_json(root.best(job_id, "trial.json"))
+    best = root.storage.read_json(root.best_trial(job_id))
     assert best["trial_id"] == board["trials"][0]["trial_id"]
     model_info = root.storage.read_json(root.best(job_id, "model.json"))
     assert model_info["labels"] == ["blue", "green", "red"]

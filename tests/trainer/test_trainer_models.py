@@ -127,7 +127,7 @@ def test_every_model_but_yolov5_lists_its_freezable_layers():
 
 
 def test_weights_for_models_without_a_download_come_from_the_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv(registry.WEIGHTS_CACHE_ENV, raising=False)
+    monkeypatch.delenv(models.WEIGHTS_CACHE_ENV, raising=False)
     with pytest.raises(ValueError, match="vit_s_16.pth.*no download source|no download source.*vit_s_16.pth"):
         models.build_classifier("vits16r224", 3, pretrained=True)
     with pytest.raises(ValueError, match="seresnext50_32x4d.pth"):

@@ -237,10 +237,10 @@ def test_invalid_spec_exits_3_and_marks_the_trial_failed(tmp_path, dataset, caps
     folder = tmp_path / "trial"
     spec = write_spec(folder, dataset)
     content = read(folder, "spec.json")
-    del content["hyperparameters"]["learning_rate"]
+    content["learning_rate"] = 0.1  # a hyperparameter where a spec field belongs
     (folder / "spec.json").write_text(json.dumps(content))
     assert run.main([spec]) == 3
-    assert "hyperparameters.learning_rate: missing" in capsys.readouterr().err
+    assert "unknown field(s) in trial spec: learning_rate" in capsys.readouterr().err
     status = read(folder, FILES.status)
     assert status["status"] == "failed" and "learning_rate" in status["error"]["message"]
     (folder / "spec.json").write_text(json.dumps({**content, "schema_version": 99}))
