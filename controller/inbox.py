@@ -54,14 +54,16 @@ def _job_id_for(root: Root, name: str, data: bytes, now: float) -> str:
     """The file's name as id; when another job already has that name, the name plus a hash of
     the content, so the same file always maps to the same job."""
     base = job_id_from_name(name)
-    for candidate in (base, f"{base}-{hashlib.sha256(data).hexdigest()[:8]}"):
+    # `submit` refuses taken ids, so this renames only files dropped by hand (or a race with one);
+    # the base is cut so that the renamed id is still a job id (layout.JOB_ID).
+    for candidate in (base, f"{base[:54]}-{hashlib.sha256(data).hexdigest()[:8]}"):
         try:
             existing = root.storage.read_bytes(root.job_file(candidate))
         except FileNotFoundError:
             return candidate
         if existing == data:
             return candidate
-    return f"{base}-{hashlib.sha256(data + str(now).encode()).hexdigest()[:8]}"
+    return f"{base[:54]}-{hashlib.sha256(data + str(now).encode()).hexdigest()[:8]}"
 
 
 def _validated(root: Root, data: bytes, source: str) -> JobSpec:

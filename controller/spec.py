@@ -234,14 +234,66 @@ def _saved_value(value: Any) -> Value:
 # YAML with line numbers
 
 
+# Limits on what a job file may make the loader do, checked before any Python object is built, so
+# that any file costs bounded time and memory (a 1 KB file of nested aliases would otherwise expand
+# to gigabytes). A real job file holds hundreds of values, a few levels deep, with small numbers.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB
+MAX_VALUES = 10_000  # values the document expands to, every use of an alias or merge counted
+MAX_DEPTH = 32  # nesting of mappings and lists, aliases followed
+MAX_NUMBER = 1e15  # magnitude of any number: larger ones are mistakes that only cost memory or time
+_MAX_NUMBER_CHARS = 32  # a longer number is refused before it is converted (a 5,000-digit int)
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
 class _NoDuplicatesSafeLoader(yaml.SafeLoader):
-    """SafeLoader: builds plain data only; tags that would build Python objects are errors."""
+    """SafeLoader: builds plain data only; tags that would build Python objects are errors.
+    Nesting deeper than MAX_DEPTH stops the composer (which recurses) before Python's own limit,
+    and more than MAX_VALUES values stop it before it reads the rest."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.path: list[Any] = []  # of the node being composed, for the message
+        self.composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        # `index` is the key node of a mapping's value, the position of a list's item
+        part = index.value if isinstance(index, yaml.ScalarNode) else index
+        path = self.path + [part] if parent is not None and part is not None else self.path
+        if len(path) > MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise _LimitError(f"nested more than {MAX_DEPTH} levels deep (the limit)", mark.line + 1,
+                              tuple(path[:1]))
+        if not self.check_event(yaml.AliasEvent):
+            # counted as composed, so that a large file stops here instead of being read to its end
+            self.composed += 1
+            if self.composed > MAX_VALUES:
+                raise _LimitError(f"holds more than {MAX_VALUES} values (the limit)",
+                                  self.peek_event().start_mark.line + 1, tuple(path[:1]))
+        outer, self.path = self.path, path
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.path = outer
+
+
+class _LimitError(Exception):
+    def __init__(self, message: str, line: int | None, path: tuple = ()):
+        super().__init__(message)
+        self.line = line
+        self.path = path
 
 
 def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
+    loader = _NoDuplicatesSafeLoader(text)
     try:
-        data = yaml.load(text, Loader=_NoDuplicatesSafeLoader)  # noqa: S506 - a SafeLoader subclass
-        node = yaml.compose(text, Loader=_NoDuplicatesSafeLoader)
+        node = loader.get_single_node()
+        _check_expansion(node)
+        lines: dict[tuple, int] = {}
+        duplicates: list[Problem] = []
+        _index_lines(node, (), lines, duplicates, source)  # before construction, which flattens merges in place
+        data = loader.construct_document(node) if node is not None else None
+    except _LimitError as exc:
+        raise JobSpecError(source, [Problem(source, _render_path(exc.path), str(exc), exc.line)]) from None
     except yaml.constructor.ConstructorError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         tag = getattr(exc, "problem", "") or ""
@@ -252,12 +304,88 @@ def _load_yaml(text: str, source: str) -> tuple[Any, dict[tuple, int]]:
         raise JobSpecError(source, [Problem(source, "", f"YAML syntax error: {exc.problem or exc}", line)]) from None
     except yaml.YAMLError as exc:
         raise JobSpecError(source, [Problem(source, "", f"YAML error: {exc}")]) from None
-    lines: dict[tuple, int] = {}
-    duplicates: list[Problem] = []
-    _index_lines(node, (), lines, duplicates, source)
+    finally:
+        loader.dispose()
     if duplicates:
         raise JobSpecError(source, duplicates)
+    numbers = _number_problems(data, (), lines, source)
+    if numbers:
+        raise JobSpecError(source, numbers)
     return data, lines
+
+
+def _children(node: Any) -> list[tuple[Any, Any]]:
+    """(path part, child node) of a mapping or list node; a mapping's key nodes count as values."""
+    if isinstance(node, yaml.MappingNode):
+        return [pair for key, value in node.value for pair in ((key.value, key), (key.value, value))]
+    if isinstance(node, yaml.SequenceNode):
+        return list(enumerate(node.value))
+    return []
+
+
+def _check_expansion(root: Any) -> None:
+    """Raise _LimitError when the composed node graph, with every alias expanded, would hold more
+    than MAX_VALUES values or nest deeper than MAX_DEPTH, or holds an over-long number. Aliases
+    share nodes, so each node is measured once (iteratively: the graph may be deep or cyclic)."""
+    measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) once expanded
+    open_nodes: set[int] = set()  # nodes whose children are being measured: seeing one again is a cycle
+    stack: list[tuple[Any, tuple, bool]] = [(root, (), False)] if root is not None else []
+    while stack:
+        node, path, children_done = stack.pop()
+        line = node.start_mark.line + 1
+        if children_done:
+            sizes = [measured[id(child)] for _, child in _children(node)]
+            values, depth = 1 + sum(s[0] for s in sizes), 1 + max((s[1] for s in sizes), default=0)
+            open_nodes.discard(id(node))
+            measured[id(node)] = (values, depth)
+            if values > MAX_VALUES:
+                raise _LimitError(f"expands to more than {MAX_VALUES} values, each use of a YAML alias or "
+                                  "merge counted (the limit)", line, path[:1])
+            if depth > MAX_DEPTH:
+                raise _LimitError(f"nested more than {MAX_DEPTH} levels deep through YAML aliases (the limit)",
+                                  line, path[:1])
+            continue
+        if id(node) in measured:
+            continue
+        if id(node) in open_nodes:
+            raise _LimitError("a YAML alias refers to a value that holds it: it would expand for ever", line, path)
+        if isinstance(node, yaml.ScalarNode) and node.tag in _NUMBER_TAGS and len(node.value) > _MAX_NUMBER_CHARS:
+            raise _LimitError(f"a number of {len(node.value)} characters; numbers may be at most {MAX_NUMBER:g} "
+                              f"in size (the limit)", line, path)
+        open_nodes.add(id(node))
+        stack.append((node, path, True))
+        # reversed: popped in document order, so a value is named by where it first appears
+        stack.extend(reversed([(child, path + (part,), False) for part, child in _children(node)]))
+
+
+def _number_problems(value: Any, path: tuple, lines: dict[tuple, int], source: str) -> list[Problem]:
+    """Every number of the loaded document that is not finite or beyond MAX_NUMBER."""
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in _number_problems(item, path + (key,), lines, source)]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _number_problems(item, path + (i,), lines, source)]
+    problem = _number_problem(value)
+    return [Problem(source, _render_path(path), problem, _line(lines, path))] if problem else []
+
+
+def _number_problem(value: Any) -> str | None:
+    """Why `value` is not a number a job file may hold (NaN, infinite, or beyond MAX_NUMBER);
+    None for any other value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if abs(value) > MAX_NUMBER:
+        return f"numbers may be at most {MAX_NUMBER:g} in size (the limit), got {value:.6g}"
+    return None
+
+
+def _line(lines: dict[tuple, int], path: tuple) -> int | None:
+    """The line of `path`, or of the nearest enclosing setting that has one."""
+    for cut in range(len(path), -1, -1):
+        if lines.get(path[:cut]):
+            return lines[path[:cut]]
+    return None
 
 
 def _index_lines(node: Any, path: tuple, lines: dict[tuple, int], duplicates: list[Problem], source: str) -> None:
@@ -297,12 +425,7 @@ class _Checker:
         self.problems: list[Problem] = []
 
     def add(self, path: tuple, message: str) -> None:
-        line = None
-        for cut in range(len(path), -1, -1):
-            line = self.lines.get(path[:cut])
-            if line:
-                break
-        self.problems.append(Problem(self.source, _render_path(path), message, line))
+        self.problems.append(Problem(self.source, _render_path(path), message, _line(self.lines, path)))
 
     def mapping(self, value: Any, path: tuple, allowed: dict[str, str], aliases: dict[str, str] | None = None
                 ) -> dict[str, Any]:
@@ -426,6 +549,7 @@ _JOB_RECOVERY = {"strategy": " | ".join(SKY_RECOVERY_STRATEGIES), "max_restarts_
 
 def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     """Validate a job file's text. Raises JobSpecError listing every problem."""
+    check_file_size(len(text.encode("utf-8")), source)
     data, lines = _load_yaml(text, source)
     check = _Checker(source, lines)
     if data is None:
@@ -503,11 +627,19 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
 
 def parse_job_bytes(data: bytes, source: str = "job.yaml") -> JobSpec:
     """`parse_job` of a job file as stored: UTF-8 text."""
+    check_file_size(len(data), source)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise JobSpecError(source, [Problem(source, "", f"not UTF-8 text (byte {exc.start})")]) from None
     return parse_job(text, source)
+
+
+def check_file_size(size: int, source: str) -> None:
+    """Refuse a job file of more than MAX_FILE_BYTES (callers that can see the size check it before reading)."""
+    if size > MAX_FILE_BYTES:
+        raise JobSpecError(source, [Problem(source, "", f"the job file has {size} bytes; a job file may have at most "
+                                                        f"{MAX_FILE_BYTES} (1 MiB, the limit)")])
 
 
 def _datastores(check: _Checker, raw: Any) -> dict[str, str]:
@@ -797,23 +929,36 @@ _INVALID = object()
 
 
 def _value(check: _Checker, path: tuple, value: Any) -> Value:
-    if isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, str):
             dist = distributions.parse(value)
-        except DistributionError as exc:
-            check.add(path, str(exc))
+        elif isinstance(value, dict) and "distribution" in value:  # {distribution: uniform, args: [...]}
+            dist = distributions.make(value["distribution"], tuple(value.get("args", ())))
+        elif isinstance(value, (dict, list)):
+            check.add(path, f"must be a value or a distribution such as choice(...) or uniform(low, high), "
+                            f"got {_type(value)}")
             return _INVALID
-        return dist if dist is not None else value
-    if isinstance(value, dict) and "distribution" in value:  # {distribution: uniform, args: [...]}
-        try:
-            return distributions.make(value["distribution"], tuple(value.get("args", ())))
-        except (DistributionError, KeyError) as exc:
-            check.add(path, str(exc))
-            return _INVALID
-    if isinstance(value, (dict, list)):
-        check.add(path, f"must be a value or a distribution such as choice(...) or uniform(low, high), got {_type(value)}")
+        else:
+            return value
+    except (DistributionError, KeyError) as exc:
+        check.add(path, str(exc))
         return _INVALID
-    return value
+    if dist is None:
+        return value
+    problems = [problem for arg in dist.args if (problem := _number_problem(arg))]
+    if dist.is_log and not problems:
+        # exp() of the log-scale bound: beyond MAX_NUMBER it overflows when drawn (lognormal: ten
+        # sigmas above mu, a draw that never happens, bounds it)
+        uniform = dist.name.endswith("loguniform")
+        top = dist.args[1] if uniform else dist.args[0] + 10 * dist.args[1]
+        if top > math.log(MAX_NUMBER):
+            bound = "the log-scale bound" if uniform else "the log-scale mu + 10 sigma"
+            problems.append(f"draws up to exp({top:g}), but numbers may be at most {MAX_NUMBER:g} in size (the "
+                            f"limit): keep {bound} below {math.log(MAX_NUMBER):.1f}")
+    if problems:
+        check.add(path, f"{dist}: {problems[0]}")
+        return _INVALID
+    return dist
 
 
 def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list[str]:
@@ -837,14 +982,18 @@ def _model_names(check: _Checker, task: Task, path: tuple, value: Value) -> list
 
 def _check_value(check: _Checker, path: tuple, definition: hps.Hyperparameter, value: Value) -> None:
     if not isinstance(value, Distribution):
-        _, error = definition.check(value)
+        coerced, error = definition.check(value)
+        error = error or _number_problem(coerced)  # text such as "nan" or "1e999" is read as a number
         if error:
             check.add(path, error)
         return
     if definition.kind in (Kind.CHOICE, Kind.TEXT, Kind.FLAG) and value.name not in ("choice", "randint"):
         check.add(path, f"{definition.name} takes choice(...) of {definition.range_text()}, got {value}")
         return
-    if value.is_discrete:
+    # randint(n) is every integer below n: a numeric parameter checks its ends (below), instead of
+    # enumerating what may be millions of values; the others are checked value by value.
+    numeric_range = value.name == "randint" and definition.kind in (Kind.INT, Kind.FLOAT)
+    if value.is_discrete and not numeric_range:
         for item in value.values:
             _, error = definition.check(item)
             if error:
@@ -906,6 +1055,7 @@ def _arguments(check: _Checker, task: Task, raw: Any, spaces: list[dict[str, Val
             if name in space:
                 check.add(item_path, f"{name} is set both in arguments and in search_space[{i}]")
         coerced, error = definition.check(value)
+        error = error or _number_problem(coerced)
         if error:
             check.add(item_path, error)
             continue
@@ -934,7 +1084,7 @@ def _input_size_problem(name: str, value: Value, model_names: list[str], in_argu
     else:
         hint = ""
     model_name, size = next(iter(fixed.items()))
-    if isinstance(value, Distribution) and not value.is_discrete:
+    if isinstance(value, Distribution) and value.name != "choice":
         return f"{model_name} takes only {size}x{size} inputs (crop_size {size}), but {value} draws other sizes{hint}"
     values = value.values if isinstance(value, Distribution) else [value]
     for model_name, size in fixed.items():

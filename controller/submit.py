@@ -16,11 +16,11 @@ from typing import Callable
 import yaml
 
 from automl_images.core import jsonl
-from automl_images.core.layout import Root, job_id_from_name
+from automl_images.core.layout import Root, job_id_from_name, job_id_problem
 from automl_images.core.problems import Problem, Problems
 from automl_images.core.storage import Storage, is_url, join, resolve
 
-from .spec import JobSpec, JobSpecError, parse_job_bytes
+from .spec import JobSpec, JobSpecError, check_file_size, parse_job_bytes
 
 Progress = Callable[[str], None]
 
@@ -29,20 +29,64 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# Same-second submits of one file (a script's loop) get -2, -3, ... after the default id.
+_DEFAULT_ID_TRIES = 100
+
+
+class JobIdError(ValueError):
+    """A job id that cannot be used: not a job id, or taken."""
+
+
 def new_job_id(job_path: str, now: datetime.datetime | None = None) -> str:
     stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%d-%H%M%S")
     return f"{job_id_from_name(job_path)[:32]}-{stamp}"
 
 
 def submit(job_path: str, root_url: str, job_id: str | None = None, progress: Progress = _stderr) -> str:
-    """Validate, upload, drop into the inbox. Returns the job id."""
+    """Validate, upload, drop into the inbox. Returns the job id, the one the job runs under.
+
+    A given `job_id` that is not an id or is taken (by a job or an inbox file) is refused with
+    JobIdError before anything is written; without one, the first free default id is taken."""
+    if job_id is not None and (problem := job_id_problem(job_id)):
+        raise JobIdError(problem)
     source = job_path if is_url(job_path) else os.path.abspath(job_path)
     folder, _, file_name = source.rpartition("/")
+    if not is_url(source):
+        check_file_size(os.path.getsize(source), job_path)  # a huge file is never read
     data = Storage(folder).read_bytes(file_name)
     spec = parse_job_bytes(data, job_path)
-    text = data.decode("utf-8")
     root = Root(root_url)
-    job_id = job_id or new_job_id(job_path)
+    default = new_job_id(job_path)
+    candidates = [job_id] if job_id else [default] + [f"{default}-{n}" for n in range(2, _DEFAULT_ID_TRIES + 1)]
+    for candidate in candidates:
+        holder = _holder(root, candidate)
+        if holder is None:
+            text = _inbox_text(spec, data, source, root, candidate, job_path, progress)
+            # The create is the reservation: of two submits that both found the id free, one gets it.
+            if root.storage.create_exclusive(root.inbox_key(f"{candidate}.yaml"), text.encode("utf-8")):
+                return candidate
+            holder = root.storage.url(root.inbox_key(f"{candidate}.yaml"))
+        if job_id:
+            raise JobIdError(f"job id {job_id!r} is taken: {holder} exists; choose another --job-id")
+    raise JobIdError(f"job ids {default} to {candidates[-1]} are all taken; give one with --job-id")
+
+
+def _holder(root: Root, job_id: str) -> str | None:
+    """The URL of what already holds `job_id` (its job folder, or an inbox file that will run
+    under it); None when the id is free."""
+    if root.storage.exists(root.job_key(job_id)):
+        return root.storage.url(root.job_key(job_id))
+    for name in root.inbox_files():
+        if job_id_from_name(name) == job_id:
+            return root.storage.url(root.inbox_key(name))
+    return None
+
+
+def _inbox_text(spec: JobSpec, data: bytes, source: str, root: Root, job_id: str, job_path: str,
+                progress: Progress) -> str:
+    """The job file as the inbox gets it: local data uploaded under `job_id` when the root is
+    remote, and its paths made absolute."""
+    text = data.decode("utf-8")
     replacements = {}
     for field_name in ("training_data", "validation_data"):
         reference = getattr(spec, field_name)
@@ -53,14 +97,11 @@ def submit(job_path: str, root_url: str, job_id: str | None = None, progress: Pr
             url = _upload_jsonl(url, root, job_id, field_name, job_path, progress)
         if url != reference:
             replacements[field_name] = url
-    if replacements:
-        data = yaml.safe_load(text)
-        data.update(replacements)
-        text = f"# submitted from {source} by automl-images submit\n" + yaml.safe_dump(data, sort_keys=False)
-    key = root.inbox_key(f"{job_id}.yaml")
-    if not root.storage.create_exclusive(key, text.encode("utf-8")):
-        raise FileExistsError(f"{root.storage.url(key)} already exists; choose another job id")
-    return job_id
+    if not replacements:
+        return text
+    loaded = yaml.safe_load(text)
+    loaded.update(replacements)
+    return f"# submitted from {source} by automl-images submit\n" + yaml.safe_dump(loaded, sort_keys=False)
 
 
 def _upload_jsonl(jsonl_path: str, root: Root, job_id: str, field_name: str, job_path: str,
@@ -109,5 +150,6 @@ def _upload_jsonl(jsonl_path: str, root: Root, job_id: str, field_name: str, job
 
 
 def validate_file(job_path: str) -> JobSpec:
+    check_file_size(os.path.getsize(job_path), job_path)  # a huge file is never read
     with open(job_path, "rb") as f:
         return parse_job_bytes(f.read(), job_path)

@@ -29,7 +29,10 @@ INBOX = "inbox"
 JOBS = "jobs"
 UPLOADS = "uploads"
 
+# A job id names a folder in every bucket and a SkyPilot job: never a path (no "/", no ".."),
+# and short enough for either.
 JOB_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+JOB_ID_RULE = "1 to 63 lower-case letters, digits and dashes, starting with a letter or digit"
 TRIAL_ID = re.compile(r"^t\d{4,}$")
 LEASE_NAME = re.compile(r"^lease-(\d{8,})\.json$")
 
@@ -77,10 +80,18 @@ FILES = TrialFiles()
 def job_id_from_name(name: str) -> str:
     """A job id from a file name: lower case letters, digits and dashes (usable as a SkyPilot job
     name and in any bucket)."""
-    stem = name.rsplit("/", 1)[-1]
-    stem = re.sub(r"\.ya?ml$", "", stem, flags=re.I).lower()
-    stem = re.sub(r"[^a-z0-9]+", "-", stem).strip("-")
+    stem = re.sub(r"\.ya?ml$", "", name.rsplit("/", 1)[-1], flags=re.I)
+    if JOB_ID.fullmatch(stem):  # an id already, as `submit` names its inbox files: the job runs under it
+        return stem
+    stem = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
     return (stem or "job")[:48]
+
+
+def job_id_problem(job_id: str) -> str | None:
+    """Why `job_id` cannot be a job id; None when it can."""
+    if JOB_ID.fullmatch(job_id):
+        return None
+    return f"job id {job_id!r} is not allowed: a job id is {JOB_ID_RULE}"
 
 
 def trial_id(index: int) -> str:
