@@ -11,7 +11,9 @@
     automl-images convert {coco,voc,yolo} SOURCE --images DIR --output OUT.jsonl [--task TASK] [--names FILE]
     automl-images demo [--root URL]
 
-`--root` defaults to $AUTOML_IMAGES_ROOT. Exit codes: 0 ok, 1 failed (job or trial), 2 invalid input.
+`--root` defaults to $AUTOML_IMAGES_ROOT. Exit codes: 0 ok; 1 failed (a trial, or with --until-done a job
+the controller ran that failed or was rejected); 2 invalid input (a job file, an unknown job, a root that
+does not exist). README.md's "Commands" lists them per command.
 """
 from __future__ import annotations
 
@@ -142,12 +144,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .submit import submit
+    from .submit import JobIdError, submit
 
     root = _need_root(args)
     if not os.path.exists(args.job):
         raise _UsageError(f"{args.job}: no such file")
-    job_id = submit(args.job, root.url, job_id=args.job_id)
+    try:
+        job_id = submit(args.job, root.url, job_id=args.job_id)
+    except JobIdError as exc:
+        raise _UsageError(str(exc)) from None
     _print(job_id)
     return 0
 
@@ -161,6 +166,13 @@ def _controller(args: argparse.Namespace) -> int:
         controller.run(once=args.once, interval_s=args.interval, until_done=args.until_done)
     except KeyboardInterrupt:
         _print("controller stopped; trials keep running, and a new controller adopts them")
+        return 0
+    failed = controller.failed_jobs()
+    if args.until_done and failed:
+        # A batch script's only signal: a failed or rejected job must not look like a finished sweep.
+        listed = ", ".join(f"{job_id} ({status.value})" for job_id, status in sorted(failed.items()))
+        _timestamped(f"{len(failed)} of the {len(controller.ran)} jobs this controller ran did not complete: {listed}")
+        return 1
     return 0
 
 
@@ -168,14 +180,23 @@ def _timestamped(message: str) -> None:
     _print(f"{time.strftime('%H:%M:%S')} {message}")
 
 
+def _existing_root(args: argparse.Namespace):
+    """The root, which must exist: a mistyped folder or bucket is not an empty root."""
+    root = _need_root(args)
+    if not root.storage.exists(""):
+        raise _UsageError(f"{root.url} does not exist: no job was ever submitted there (check --root)")
+    return root
+
+
 def _status(args: argparse.Namespace) -> int:
     from .status import job_summaries, render_job, render_summaries
 
-    root = _need_root(args)
+    root = _existing_root(args)
     if args.job:
-        if args.job not in root.job_ids():
+        text = render_job(root, args.job)
+        if text is None:
             raise _UsageError(f"no job {args.job!r} in {root.url}")
-        _print(render_job(root, args.job))
+        _print(text)
     else:
         _print(render_summaries(job_summaries(root)))
     return 0
@@ -184,7 +205,7 @@ def _status(args: argparse.Namespace) -> int:
 def _leaderboard(args: argparse.Namespace) -> int:
     from . import leaderboard
 
-    root = _need_root(args)
+    root = _existing_root(args)
     board = root.storage.read_json(root.leaderboard(args.job))
     if board is None:
         if args.job not in root.job_ids():
@@ -197,12 +218,41 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    root = _need_root(args)
+    from .status import queued_jobs
+
+    root = _existing_root(args)
     if args.job not in root.job_ids():
-        raise _UsageError(f"no job {args.job!r} in {root.url}")
+        name = queued_jobs(root).get(args.job)
+        if name is None:
+            raise _UsageError(f"no job {args.job!r} in {root.url}")
+        if _cancel_queued(root, args.job, name):
+            _print(f"{args.job} cancelled before any controller accepted it; its job file is now "
+                   f"{root.storage.url(root.job_file(args.job))}")
+            return 0
+    # Accepted (maybe while this command ran): its controller stops it.
     root.storage.write_json(root.cancel_request(args.job), {"requested_at": time.time()})
     _print(f"cancel requested for {args.job}: the controller stops its trials on its next pass")
     return 0
+
+
+def _cancel_queued(root, job_id: str, name: str) -> bool:
+    """Move an inbox job file to its job folder with the state `cancelled`, in the order acceptance
+    moves it (inbox.py): the user's bytes first, then the state, then the inbox file is deleted. A
+    controller accepting it meanwhile finds the state and only deletes the inbox file; one that
+    wrote its state first wins, and False says so (the job is then cancelled as any running one)."""
+    from .job_state import JobStates
+
+    key = root.inbox_key(name)
+    try:
+        data = root.storage.read_bytes(key)
+    except FileNotFoundError:
+        return False  # taken by a controller since it was listed
+    job_file = root.job_file(job_id)
+    if not root.storage.create_exclusive(job_file, data) and root.storage.read_bytes(job_file) != data:
+        raise _UsageError(f"{root.storage.url(job_file)} holds another job file; {job_id} is left in the inbox")
+    cancelled = JobStates(root, time.time, _print).cancel_queued(job_id, name)
+    root.storage.delete(key)
+    return cancelled
 
 
 # The trainer's entry points are imported when their command runs, never with this module: the

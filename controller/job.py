@@ -140,7 +140,8 @@ class JobController:
             if self.root.storage.create_exclusive(key, self._trial_spec(index, sweep).to_json().encode()):
                 self._sweeps[trial] = sweep
                 job.trials.append(TrialView(trial, sweep))
-                self.context.log(f"job {self.job_id}: trial {trial} created: {_params_text(sweep['params'])}")
+                shown = leaderboard.shown_params(self.spec.search_space, sweep)
+                self.context.log(f"job {self.job_id}: trial {trial} created: {leaderboard.params_text(shown)}")
 
     def _trial_spec(self, index: int, sweep: dict[str, Any]) -> TrialSpec:
         spec, trial = self.spec, trial_id(index)
@@ -215,7 +216,7 @@ class JobController:
         counts them, so a job that says it is completed has its best model."""
         storage = self.root.storage
         self._save_summary()
-        board = leaderboard.build(self.spec.primary_metric, job.trials)
+        board = leaderboard.build(self.spec.primary_metric, job.trials, self.spec.search_space)
         best = leaderboard.best_trial(board) if action.final else None
         if best is not None:
             storage.copy_tree(self.root.trial_key(self.job_id, best["trial_id"], FILES.model_dir),
@@ -237,7 +238,3 @@ class JobController:
 
 def _find(job: JobView, trial: str) -> TrialView:
     return next(t for t in job.trials if t.trial_id == trial)
-
-
-def _params_text(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "defaults"

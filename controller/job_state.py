@@ -2,7 +2,8 @@
 a job was rejected or failed.
 
     inbox file ─► running ─► stopping ─► completed | failed | cancelled
-              └─► rejected    running ─► completed | failed
+              ├─► rejected    running ─► completed | failed
+              └─► cancelled (before any controller accepted it)
 
 Each transition is saved before the controller acts on it, as SkyPilot's managed-jobs controller
 does (`set_starting`, then start): `stopping` before the trials are asked to stop, `running` after
@@ -42,8 +43,15 @@ class JobStates:
         self._create(job_id, {"job_id": job_id, "status": JobStatus.REJECTED.value, "reason": str(error),
                               "accepted_at": now, "finished_at": now})
 
-    def _create(self, job_id: str, state: dict[str, Any]) -> None:
-        self.root.storage.create_exclusive(self.root.job_state(job_id), json_bytes(state))
+    def cancel_queued(self, job_id: str, source: str) -> bool:
+        """Cancelled in the inbox, before any controller accepted it (`automl-images cancel`);
+        False when a controller accepted it first."""
+        return self._create(job_id, {"job_id": job_id, "status": JobStatus.CANCELLED.value, "source": source,
+                                     "reason": "cancelled before a controller accepted it",
+                                     "finished_at": self.clock()})
+
+    def _create(self, job_id: str, state: dict[str, Any]) -> bool:
+        return self.root.storage.create_exclusive(self.root.job_state(job_id), json_bytes(state))
 
     # -- later transitions: `state` is the job's state as this pass read it, updated in place ----
     def transition(self, job_id: str, state: dict[str, Any], status: JobStatus, reason: str = "",

@@ -1,24 +1,52 @@
-"""The leaderboard: every trial, best first, as JSON, CSV or a terminal table."""
+"""The leaderboard: every trial, best first, as JSON, CSV or a terminal table.
+
+A trial's `params` here are those that tell the job's trials apart (`shown_params`); the controller's
+log and `automl-images status` show the same ones (`params_text`).
+"""
 from __future__ import annotations
 
 import csv
 import io
 import math
-from typing import Any
+from typing import Any, Sequence
 
 from automl_images.core.hyperparameters import metric_direction, oriented
 from automl_images.core.records import TrialView
 from automl_images.core.storage import json_bytes
 
+from .distributions import Distribution
 
-def build(primary_metric: str, trials: list[TrialView]) -> dict[str, Any]:
+Space = Sequence[dict[str, Any]]  # a job spec's search_space: one dict per subspace
+
+
+def shown_params(search_space: Space, sweep: dict[str, Any]) -> dict[str, Any]:
+    """What tells a trial apart from the job's other trials: its model (always, sampled or a
+    subspace's constant), every sampled value, and the subspace's constants that other subspaces
+    set otherwise. The rest is the same in every trial, and the trial's spec.json has it all.
+    Without a search space (a job accepted without a saved spec): the sampled values only."""
+    params = sweep.get("params", {})
+    if not search_space:
+        return dict(params)
+    subspace = search_space[sweep.get("subspace", 0)]
+    differing = {name: value for name, value in subspace.items()
+                 if not isinstance(value, Distribution) and any(other.get(name) != value for other in search_space)}
+    model = {"model_name": params.get("model_name", subspace.get("model_name"))}
+    return {**model, **differing, **params}
+
+
+def params_text(params: dict[str, Any]) -> str:
+    """`model_name=resnet18, learning_rate=0.01234`: a trial's shown params in one line."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
+def build(primary_metric: str, trials: list[TrialView], search_space: Space = ()) -> dict[str, Any]:
     rows = []
     for trial in trials:
         status = trial.status or {}
         rows.append({
             "trial_id": trial.trial_id,
             "status": trial.trial_status.value,
-            "params": trial.params,
+            "params": shown_params(search_space, trial.sweep),
             "metrics": _scalars(status.get("metrics") or (status.get("best") or {}).get("metrics") or {}),
             "epochs": status.get("epochs", status.get("epoch", 0)),
             "duration_s": status.get("duration_s"),
@@ -56,7 +84,8 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _param_names(board: dict[str, Any]) -> list[str]:
-    return sorted({k for row in board["trials"] for k in row["params"]})
+    """The model first, as in the controller's log and `status`, then the others by name."""
+    return sorted({k for row in board["trials"] for k in row["params"]}, key=lambda name: (name != "model_name", name))
 
 
 def _metric_names(board: dict[str, Any]) -> list[str]:

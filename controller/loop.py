@@ -54,6 +54,9 @@ class Controller:
         self._watched: dict[str, str] = {}     # jobs leased by another controller: the holder last logged
         self._newer: set[str] = set()          # jobs whose spec a newer controller saved: never acted on
         self._errors: dict[str, int] = {}      # consecutive failed passes, per job
+        # The jobs this controller saw unfinished (or accepted), with the status it last read:
+        # what `controller --until-done` reports and sets its exit code by.
+        self.ran: dict[str, JobStatus | None] = {}
         self.failed_passes = 0                 # passes in which something failed (logged)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -98,13 +101,23 @@ class Controller:
                 active += 1
                 continue
             self._errors.pop(job_id, None)
+            if status is not None and (job_id in self.ran or not status.is_terminal()):
+                self.ran[job_id] = status
             active += status is not None and not status.is_terminal()
         self.failed_passes += failures > 0
         return active
 
     def accept(self, name: str) -> str | None:
         """Take one job file from the inbox (`inbox.accept`)."""
-        return inbox.accept(self.root, name, self.states, self.log, self.clock())
+        job_id = inbox.accept(self.root, name, self.states, self.log, self.clock())
+        if job_id is not None:
+            self.ran.setdefault(job_id, None)
+        return job_id
+
+    def failed_jobs(self) -> dict[str, JobStatus]:
+        """The jobs it ran that ended failed or rejected."""
+        return {job_id: status for job_id, status in self.ran.items()
+                if status in (JobStatus.FAILED, JobStatus.REJECTED)}
 
     def _failed(self, what: str, exc: Exception, job_id: str | None = None) -> int:
         """Log a failed step of the pass. A job that keeps failing other than for the bucket is

@@ -11,34 +11,56 @@ import time
 from typing import Any
 
 from automl_images.core import trials
-from automl_images.core.layout import Root
+from automl_images.core.layout import Root, job_id_from_name
+
+from . import accepted, leaderboard
+from .spec import JobSpecError
+
+
+def queued_jobs(root: Root, job_ids: list[str] | None = None) -> dict[str, str]:
+    """The job files in the inbox that no controller has taken yet: inbox file name by the id the
+    job will run under (the name's). One with a job folder already is being accepted: it is
+    shown with the jobs."""
+    accepted_ids = set(root.job_ids() if job_ids is None else job_ids)
+    named = {job_id_from_name(name): name for name in root.inbox_files()}
+    return {job_id: name for job_id, name in named.items() if job_id not in accepted_ids}
 
 
 def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
+    """Every job: the accepted ones, then the queued ones."""
     now = now or time.time()
-    out = []
-    for job_id in root.job_ids():
-        state = root.storage.read_json(root.job_state(job_id)) or {"status": "accepting"}
-        board = root.storage.read_json(root.leaderboard(job_id)) or {}
-        counts: collections.Counter = collections.Counter()
-        views = trials.read_all(root, job_id, now)
-        for trial in views:
-            counts[trial.trial_status.value] += 1
-        best = next((row for row in board.get("trials", [])
-                     if isinstance(row["metrics"].get(board.get("primary_metric")), (int, float))), None)
-        end = state.get("finished_at") or now
-        out.append({
-            "job_id": job_id,
-            "status": state.get("status"),
-            "reason": state.get("reason", ""),
-            "trials": dict(counts),
-            "primary_metric": board.get("primary_metric"),
-            "best": None if best is None else {"trial_id": best["trial_id"],
-                                               "value": best["metrics"][board["primary_metric"]]},
-            "elapsed_s": round(end - state["accepted_at"], 1) if "accepted_at" in state else None,
-            "cost_usd": round(sum(t.cost_usd for t in views), 6),
-        })
-    return out
+    job_ids = root.job_ids()
+    return ([_summary(root, job_id, now) for job_id in job_ids]
+            + [_queued(root, job_id, name) for job_id, name in queued_jobs(root, job_ids).items()])
+
+
+def _summary(root: Root, job_id: str, now: float) -> dict[str, Any]:
+    state = root.storage.read_json(root.job_state(job_id)) or {"status": "accepting"}
+    board = root.storage.read_json(root.leaderboard(job_id)) or {}
+    counts: collections.Counter = collections.Counter()
+    views = trials.read_all(root, job_id, now)
+    for trial in views:
+        counts[trial.trial_status.value] += 1
+    best = next((row for row in board.get("trials", [])
+                 if isinstance(row["metrics"].get(board.get("primary_metric")), (int, float))), None)
+    end = state.get("finished_at") or now
+    return {
+        "job_id": job_id,
+        "status": state.get("status"),
+        "reason": state.get("reason", ""),
+        "trials": dict(counts),
+        "primary_metric": board.get("primary_metric"),
+        "best": None if best is None else {"trial_id": best["trial_id"],
+                                           "value": best["metrics"][board["primary_metric"]]},
+        "elapsed_s": round(end - state["accepted_at"], 1) if "accepted_at" in state else None,
+        "cost_usd": round(sum(t.cost_usd for t in views), 6),
+    }
+
+
+def _queued(root: Root, job_id: str, name: str) -> dict[str, Any]:
+    return {"job_id": job_id, "status": "queued", "trials": {}, "primary_metric": None, "best": None,
+            "elapsed_s": None, "cost_usd": 0.0,
+            "reason": f"{root.storage.url(root.inbox_key(name))}: waiting for a controller to accept it"}
 
 
 def render_summaries(summaries: list[dict[str, Any]]) -> str:
@@ -50,21 +72,35 @@ def render_summaries(summaries: list[dict[str, Any]]) -> str:
         best = f"best {s['primary_metric']}={s['best']['value']:.4f} ({s['best']['trial_id']})" if s["best"] else ""
         elapsed = f"{s['elapsed_s']:.0f}s" if s["elapsed_s"] is not None else ""
         cost = f"${s['cost_usd']:.2f}"
-        lines.append(f"{s['job_id']}  {s['status']}  {trials}  {best}  {elapsed}  {cost}".rstrip())
-        if s["status"] in ("failed", "rejected") and s["reason"]:
+        lines.append("  ".join(part for part in (s["job_id"], s["status"], trials, best, elapsed, cost) if part))
+        if s["status"] in ("queued", "failed", "rejected") and s["reason"]:
             lines.append("    " + s["reason"].replace("\n", "\n    "))
     return "\n".join(lines)
 
 
-def render_job(root: Root, job_id: str) -> str:
+def render_job(root: Root, job_id: str) -> str | None:
+    """The job's summary and a line per trial; None when the root has no such job, accepted or queued."""
+    job_ids = root.job_ids()
+    if job_id not in job_ids:
+        name = queued_jobs(root, job_ids).get(job_id)
+        return None if name is None else render_summaries([_queued(root, job_id, name)])
     now = time.time()
-    job = next(s for s in job_summaries(root, now) if s["job_id"] == job_id)
-    lines = [render_summaries([job]), ""]
+    lines = [render_summaries([_summary(root, job_id, now)]), ""]
+    space = _search_space(root, job_id)
     for trial in trials.read_all(root, job_id, now):
         status = trial.status or {}
-        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        shown = leaderboard.params_text(leaderboard.shown_params(space, trial.sweep))
         epoch = f"epoch {status.get('epoch', 0)}/{status.get('epochs_total', '?')}"
         error = (status.get("error") or {}).get("message", "").replace("\n", "\n      ")  # every line indented
         lines.append(f"  {trial.trial_id}  {trial.trial_status.value:9}  {epoch:12}  ${trial.cost_usd:<7.2f}  {shown}"
                      + (f"\n      {error}" if error else ""))
     return "\n".join(lines)
+
+
+def _search_space(root: Root, job_id: str) -> tuple[dict[str, Any], ...]:
+    """What the trials' shown params are computed from; none when the job has no spec of this
+    version (rejected; accepted by another version): its trials then show their sampled values."""
+    try:
+        return accepted.load(root, job_id).search_space
+    except (FileNotFoundError, JobSpecError):
+        return ()

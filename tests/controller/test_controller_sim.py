@@ -141,7 +141,10 @@ def test_progress_lines(local_root):
     # one line per change of counts or best, not one per pass
     assert len(lines) == len(set(line.rsplit(" | ", 2)[0] for line in lines))
     trial_lines = [line for line in log if line.startswith("job watched: trial t0000")]
-    assert trial_lines[0] == "job watched: trial t0000 created: learning_rate=" + trial_lines[0].split("=", 1)[1]
+    # the model (a constant of the space: the default one) first, then every sampled value
+    params = root.read_trial("watched", "t0000", FILES.spec)["sweep"]["params"]
+    assert trial_lines[0] == (f"job watched: trial t0000 created: model_name=resnet50, "
+                              f"learning_rate={params['learning_rate']:.4g}, momentum={params['momentum']:.4g}")
     assert any(" completed: epoch 2/2, accuracy=" in line for line in trial_lines)
 
 

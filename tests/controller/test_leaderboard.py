@@ -5,7 +5,10 @@ import csv
 import io
 import json
 
+from simulated import sim_job
+
 from automl_images.controller import leaderboard
+from automl_images.controller.spec import parse_job
 from automl_images.core.records import TrialView
 
 
@@ -101,20 +104,20 @@ def test_nan_metric_is_ranked_last():
 def test_csv():
     board = leaderboard.build("accuracy", TRIALS)
     rows = list(csv.reader(io.StringIO(leaderboard.to_csv(board))))
-    assert rows[0] == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name", "epochs",
+    assert rows[0] == ["rank", "trial_id", "status", "accuracy", "loss", "model_name", "learning_rate", "epochs",
                        "duration_s", "cost_usd"]
-    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5", "0.25"]
-    assert rows[5] == ["5", "t0001", "failed", "", "", "0.5", "resnet18", "3", "12.5", "0.0"]
+    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "mobilenetv2", "0.02", "3", "12.5", "0.25"]
+    assert rows[5] == ["5", "t0001", "failed", "", "", "resnet18", "0.5", "3", "12.5", "0.0"]
     assert [r[1] for r in rows[1:]] == order(board)
 
 
 def test_table():
     board = leaderboard.build("accuracy", TRIALS)
     lines = leaderboard.to_table(board).splitlines()
-    assert lines[0].split() == ["rank", "trial_id", "status", "accuracy", "loss", "learning_rate", "model_name",
+    assert lines[0].split() == ["rank", "trial_id", "status", "accuracy", "loss", "model_name", "learning_rate",
                                 "epochs", "duration_s", "cost_usd"]
     assert set(lines[1]) <= {"-", " "}
-    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "0.02", "mobilenetv2", "3", "12.5", "0.25"]
+    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "mobilenetv2", "0.02", "3", "12.5", "0.25"]
     assert [line.split()[1] for line in lines[2:-1]] == order(board)
     assert lines[-1] == "job cost: $1.75"
     # columns line up: every row starts its trial id where the header does
@@ -134,11 +137,11 @@ def test_table_shows_the_primary_metric_and_losses_only():
 def test_markdown():
     board = leaderboard.build("accuracy", TRIALS)
     lines = leaderboard.to_table(board, markdown=True).splitlines()
-    assert lines[0] == ("| rank | trial_id | status | accuracy | loss | learning_rate | model_name | epochs "
+    assert lines[0] == ("| rank | trial_id | status | accuracy | loss | model_name | learning_rate | epochs "
                         "| duration_s | cost_usd |")
     assert lines[1] == "|" + "|".join(["---"] * 10) + "|"
-    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | 0.02 | mobilenetv2 | 3 | 12.5 | 0.25 |"
-    assert lines[6] == "| 5 | t0001 | failed |  |  | 0.5 | resnet18 | 3 | 12.5 | 0 |"
+    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | mobilenetv2 | 0.02 | 3 | 12.5 | 0.25 |"
+    assert lines[6] == "| 5 | t0001 | failed |  |  | resnet18 | 0.5 | 3 | 12.5 | 0 |"
     assert len(lines) == 2 + len(TRIALS)
 
 
@@ -152,3 +155,39 @@ def test_empty_board_renders():
     assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s,cost_usd\n"
     assert leaderboard.to_table(board).splitlines()[0].split() == ["rank", "trial_id", "status", "epochs",
                                                                    "duration_s", "cost_usd"]
+
+
+# A model fixed in each subspace, a learning rate fixed in one and sampled in the other, a weight
+# decay fixed the same in both (the same in every trial: left out).
+SUBSPACES = ("  - model_name: resnet18\n    learning_rate: 0.01\n    momentum: uniform(0.5, 0.9)\n"
+             "    weight_decay: 0.001\n"
+             "  - model_name: mobilenetv2\n    learning_rate: loguniform(-7, -2)\n    weight_decay: 0.001\n")
+
+
+def test_shown_params_are_the_model_and_what_tells_trials_apart():
+    space = parse_job(sim_job(space=SUBSPACES)).search_space
+    assert leaderboard.shown_params(space, {"subspace": 0, "params": {"momentum": 0.7}}) == \
+        {"model_name": "resnet18", "learning_rate": 0.01, "momentum": 0.7}
+    assert leaderboard.shown_params(space, {"subspace": 1, "params": {"learning_rate": 0.004}}) == \
+        {"model_name": "mobilenetv2", "learning_rate": 0.004}
+    # a sampled model stays where the sampler put it; the text is what the log and status print
+    sampled = parse_job(sim_job(space="  - model_name: choice(resnet18, mobilenetv2)\n")).search_space
+    shown = leaderboard.shown_params(sampled, {"subspace": 0, "params": {"model_name": "mobilenetv2"}})
+    assert leaderboard.params_text(shown) == "model_name=mobilenetv2"
+    assert leaderboard.params_text({"model_name": "resnet18", "learning_rate": 0.0123456}) == \
+        "model_name=resnet18, learning_rate=0.01235"
+
+
+def test_a_model_fixed_in_the_space_is_in_every_format():
+    text = sim_job(space="  - model_name: fasterrcnn_resnet18_fpn\n    learning_rate: uniform(0.001, 0.01)\n",
+                   metric="mean_average_precision").replace("image-classification", "image-object-detection")
+    space = parse_job(text).search_space
+    trial = TrialView("t0000", {"subspace": 0, "params": {"learning_rate": 0.005}},
+                      status={"status": "completed", "metrics": {"mean_average_precision": 0.5}, "epochs": 2})
+    board = leaderboard.build("mean_average_precision", [trial], space)
+    assert board["trials"][0]["params"] == {"model_name": "fasterrcnn_resnet18_fpn", "learning_rate": 0.005}
+    assert json.loads(leaderboard.to_json(board))["trials"][0]["params"]["model_name"] == "fasterrcnn_resnet18_fpn"
+    rows = list(csv.reader(io.StringIO(leaderboard.to_csv(board))))
+    assert rows[0][4:6] == ["model_name", "learning_rate"] and rows[1][4:6] == ["fasterrcnn_resnet18_fpn", "0.005"]
+    assert leaderboard.to_table(board).splitlines()[2].split()[4:6] == ["fasterrcnn_resnet18_fpn", "0.005"]
+    assert "| fasterrcnn_resnet18_fpn | 0.005 |" in leaderboard.to_table(board, markdown=True)

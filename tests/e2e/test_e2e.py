@@ -89,6 +89,27 @@ def test_invalid_job_is_moved_with_its_error(root_url, tmp_path):
     assert "rejected" in cli("status", "--root", root_url).stdout
 
 
+def test_queued_cancelled_and_exit_codes_through_the_cli(root_url, tmp_path):
+    """What a script sees: a submitted job is `queued` and cancelled in the inbox; a root that
+    does not exist is exit 2; `--until-done` over a rejected job is exit 1."""
+    root = Root(root_url)
+    missing = cli("status", "--root", root_url)
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == f"automl-images status: {root_url} does not exist: no job was ever submitted there " \
+                             "(check --root)\n"
+    data = tmp_path / "data"
+    write_squares(data, per_class=2, validation_per_class=1)
+    job_id = cli("submit", str(write_job(data, max_trials=1)), "--root", root_url).stdout.strip()
+    assert cli("status", job_id, "--root", root_url).stdout.startswith(f"{job_id}  queued  no trials  $0.00\n")
+    assert cli("cancel", job_id, "--root", root_url).returncode == 0
+    assert root.storage.read_json(root.job_state(job_id))["status"] == "cancelled" and root.inbox_files() == []
+    root.storage.write_bytes(root.inbox_key("broken.yaml"), b"task: image-classification\n")
+    done = cli("controller", "--root", root_url, "--until-done", "--interval", "0.1")
+    assert done.returncode == 1 and done.stdout.endswith(" 1 of the 1 jobs this controller ran did not complete: "
+                                                         "broken (rejected)\n")
+    assert cli("status", "--root", root_url).stdout.startswith("broken  rejected  no trials  0s  $0.00\n")
+
+
 def test_missing_training_data_rejects_the_job(local_root):
     root = Root(local_root)
     root.storage.write_bytes(root.inbox_key("nodata.yaml"), b"task: image-classification\ntraining_data: nope.jsonl\n")
