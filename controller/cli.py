@@ -218,6 +218,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
+    from . import inbox
+    from .job_state import JobStates
     from .status import queued_jobs
 
     root = _existing_root(args)
@@ -225,7 +227,11 @@ def _cancel(args: argparse.Namespace) -> int:
         name = queued_jobs(root).get(args.job)
         if name is None:
             raise _UsageError(f"no job {args.job!r} in {root.url}")
-        if _cancel_queued(root, args.job, name):
+        try:
+            cancelled = inbox.cancel(root, name, args.job, JobStates(root, time.time, _print))
+        except FileExistsError as exc:
+            raise _UsageError(str(exc)) from None
+        if cancelled:
             _print(f"{args.job} cancelled before any controller accepted it; its job file is now "
                    f"{root.storage.url(root.job_file(args.job))}")
             return 0
@@ -233,26 +239,6 @@ def _cancel(args: argparse.Namespace) -> int:
     root.storage.write_json(root.cancel_request(args.job), {"requested_at": time.time()})
     _print(f"cancel requested for {args.job}: the controller stops its trials on its next pass")
     return 0
-
-
-def _cancel_queued(root, job_id: str, name: str) -> bool:
-    """Move an inbox job file to its job folder with the state `cancelled`, in the order acceptance
-    moves it (inbox.py): the user's bytes first, then the state, then the inbox file is deleted. A
-    controller accepting it meanwhile finds the state and only deletes the inbox file; one that
-    wrote its state first wins, and False says so (the job is then cancelled as any running one)."""
-    from .job_state import JobStates
-
-    key = root.inbox_key(name)
-    try:
-        data = root.storage.read_bytes(key)
-    except FileNotFoundError:
-        return False  # taken by a controller since it was listed
-    job_file = root.job_file(job_id)
-    if not root.storage.create_exclusive(job_file, data) and root.storage.read_bytes(job_file) != data:
-        raise _UsageError(f"{root.storage.url(job_file)} holds another job file; {job_id} is left in the inbox")
-    cancelled = JobStates(root, time.time, _print).cancel_queued(job_id, name)
-    root.storage.delete(key)
-    return cancelled
 
 
 # The trainer's entry points are imported when their command runs, never with this module: the

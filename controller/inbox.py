@@ -27,17 +27,9 @@ from .spec import JobSpec, JobSpecError, parse_job_bytes
 def accept(root: Root, name: str, states: JobStates, log: Callable[[str], None], now: float) -> str | None:
     """Take inbox file `name`; returns the job's id (None when the file is gone: another
     controller took it)."""
-    storage = root.storage
-    key = root.inbox_key(name)
-    try:
-        data = storage.read_bytes(key)
-    except FileNotFoundError:
-        return None
-    job_id = _job_id_for(root, name, data, now)
-    storage.create_exclusive(root.job_file(job_id), data)
-    if states.read(job_id) is None:
+    def settle(job_id: str, data: bytes) -> None:
         try:
-            spec = _validated(root, data, storage.url(key))
+            spec = _validated(root, data, root.storage.url(root.inbox_key(name)))
         except JobSpecError as exc:
             states.reject(job_id, exc)
             log(f"job {job_id}: rejected\n{exc}")
@@ -46,6 +38,37 @@ def accept(root: Root, name: str, states: JobStates, log: Callable[[str], None],
             states.accept(job_id, spec.name or job_id, name)
             log(f"job {job_id}: accepted ({spec.task.value}, {spec.sampling} sampling, "
                 f"{spec.limits.max_trials} trials, {spec.limits.max_concurrent_trials} at a time)")
+
+    return _move(root, name, states, lambda data: _job_id_for(root, name, data, now), settle)
+
+
+def cancel(root: Root, name: str, job_id: str, states: JobStates) -> bool:
+    """Cancel inbox file `name` before any controller accepted it (`automl-images cancel`): moved
+    as acceptance moves it, with the state `cancelled`. False when a controller took it first
+    (the job is then cancelled as a running one)."""
+    cancelled: list[bool] = []
+    _move(root, name, states, lambda data: job_id,
+          lambda job_id, data: cancelled.append(states.cancel_queued(job_id, name)))
+    return any(cancelled)
+
+
+def _move(root: Root, name: str, states: JobStates, job_id_for: Callable[[bytes], str],
+          settle: Callable[[str, bytes], None]) -> str | None:
+    """The user's bytes to jobs/<id>/job.yaml, then `settle` writes the first state (unless a
+    state is there: a repeat after a crash, or another controller), then the inbox file goes.
+    Returns the job id; None when the file is gone."""
+    storage, key = root.storage, root.inbox_key(name)
+    try:
+        data = storage.read_bytes(key)
+    except FileNotFoundError:
+        return None
+    job_id = job_id_for(data)
+    job_file = root.job_file(job_id)
+    if not storage.create_exclusive(job_file, data) and storage.read_bytes(job_file) != data:
+        # never lose the user's bytes: the inbox file stays
+        raise FileExistsError(f"{storage.url(job_file)} holds another job file; {storage.url(key)} is left as it is")
+    if states.read(job_id) is None:
+        settle(job_id, data)
     storage.delete(key)
     return job_id
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from automl_images.core import trials
 from automl_images.core.layout import Root, job_id_from_name
+from automl_images.core.records import TrialView
 
 from . import accepted, leaderboard
 from .spec import JobSpecError
@@ -34,11 +35,12 @@ def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
             + [_queued(root, job_id, name) for job_id, name in queued_jobs(root, job_ids).items()])
 
 
-def _summary(root: Root, job_id: str, now: float) -> dict[str, Any]:
+def _summary(root: Root, job_id: str, now: float, views: list[TrialView] | None = None) -> dict[str, Any]:
+    """`views`: the job's trials when the caller has read them already."""
     state = root.storage.read_json(root.job_state(job_id)) or {"status": "accepting"}
     board = root.storage.read_json(root.leaderboard(job_id)) or {}
     counts: collections.Counter = collections.Counter()
-    views = trials.read_all(root, job_id, now)
+    views = trials.read_all(root, job_id, now) if views is None else views
     for trial in views:
         counts[trial.trial_status.value] += 1
     best = next((row for row in board.get("trials", [])
@@ -85,9 +87,10 @@ def render_job(root: Root, job_id: str) -> str | None:
         name = queued_jobs(root, job_ids).get(job_id)
         return None if name is None else render_summaries([_queued(root, job_id, name)])
     now = time.time()
-    lines = [render_summaries([_summary(root, job_id, now)]), ""]
+    views = trials.read_all(root, job_id, now)  # read once, for the summary and the trial lines
+    lines = [render_summaries([_summary(root, job_id, now, views)]), ""]
     space = _search_space(root, job_id)
-    for trial in trials.read_all(root, job_id, now):
+    for trial in views:
         status = trial.status or {}
         shown = leaderboard.params_text(leaderboard.shown_params(space, trial.sweep))
         epoch = f"epoch {status.get('epoch', 0)}/{status.get('epochs_total', '?')}"

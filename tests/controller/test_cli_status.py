@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import pytest
 from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
 
-from automl_images.controller.cli import _cancel_queued, main
+from automl_images.controller import inbox
+from automl_images.controller.cli import main
 from automl_images.controller.job_state import JobStates
 from automl_images.controller.loop import Controller
 from automl_images.core.layout import FILES, Root
@@ -49,9 +51,19 @@ def test_cancel_of_a_job_a_controller_accepted_meanwhile_asks_its_controller(loc
     root = Root(local_root)
     submit(root, "raced", sim_job())
     JobStates(root, lambda: 0.0, print).accept("raced", "raced", "raced.yaml")  # a controller got there first
-    assert _cancel_queued(root, "raced", "raced.yaml") is False  # the cancel command then writes cancel.json
+    states = JobStates(root, lambda: 0.0, print)
+    assert inbox.cancel(root, "raced.yaml", "raced", states) is False  # the cancel command then writes cancel.json
     assert root.storage.read_json(root.job_state("raced"))["status"] == "running"
     assert root.inbox_files() == []
+
+
+def test_a_queued_file_whose_id_holds_another_job_file_stays_in_the_inbox(local_root):
+    root = Root(local_root)
+    submit(root, "clash", sim_job())
+    root.storage.write_text(root.job_file("clash"), "task: image-classification\n")  # written meanwhile
+    with pytest.raises(FileExistsError, match="holds another job file"):
+        inbox.cancel(root, "clash.yaml", "clash", JobStates(root, lambda: 0.0, print))
+    assert root.inbox_files() == ["clash.yaml"] and not root.storage.exists(root.job_state("clash"))
 
 
 def test_unknown_job(local_root, capsys):
