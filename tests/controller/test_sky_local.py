@@ -18,6 +18,7 @@ from automl_images.controller.launch import LaunchRequest, RunState, template
 from automl_images.controller.launch.local import LocalLauncher, trial_command
 from automl_images.core.hyperparameters import Task, resolve
 from automl_images.core.layout import FILES
+from automl_images.trainer.run import HEARTBEAT_ENV
 
 URL = "s3://my-bucket/automl/jobs/sweep/trials/t0000/spec.json"
 
@@ -107,8 +108,11 @@ def read_json(path: Path) -> dict | None:
 
 def test_a_trial_killed_mid_epoch_resumes_without_repeating_an_epoch(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTOML_IMAGES_IMAGE_CACHE", str(tmp_path / "image-cache"))
+    # A heartbeat after every step: the test kills the trainer when it reports the first steps of
+    # epoch 2, which leaves the rest of the epoch (dozens of steps) between the kill and epoch 2's end.
+    monkeypatch.setenv(HEARTBEAT_ENV, "0")
     data = tmp_path / "data"
-    train, val = write_squares(data, per_class=24, size=24, validation_per_class=4)
+    train, val = write_squares(data, per_class=96, size=24, validation_per_class=4)
     folder = tmp_path / "trial"
     folder.mkdir()
     epochs = 3
@@ -123,22 +127,24 @@ def test_a_trial_killed_mid_epoch_resumes_without_repeating_an_epoch(tmp_path, m
     launcher = LocalLauncher()
     status_path = folder / FILES.status
 
+    def early_in_epoch_2() -> dict | None:
+        status = read_json(status_path) or {}
+        progress = status.get("progress") or {}
+        return status if progress.get("epoch") == 2 and progress.get("step", 0) >= 2 else None
+
     handle = launcher.launch(LaunchRequest("sweep", "t0000", spec_url, attempt=1, threads=1))
     try:
         running = wait_for(lambda: read_json(status_path), 60, "the trial to start")
-        started = time.monotonic()
-        wait_for(lambda: (read_json(status_path) or {}).get("epoch", 0) >= 1, 120, "epoch 1")
-        epoch_s = time.monotonic() - started
-        first_metrics = (folder / FILES.metrics(1)).read_bytes()
-        time.sleep(min(epoch_s / 2, 5))  # well inside epoch 2
-        before = read_json(status_path)
+        before = wait_for(early_in_epoch_2, 180, "step 2 of epoch 2", step=0.01)
         os.kill(handle["pid"], signal.SIGKILL)
+        first_metrics = (folder / FILES.metrics(1)).read_bytes()
         wait_for(lambda: launcher.poll(handle) is RunState.GONE, 10, "the lock to go with the process")
     finally:
         try:
             os.kill(handle["pid"], signal.SIGKILL)
         except ProcessLookupError:
             pass
+    assert before["progress"]["step"] < before["progress"]["steps"] - 10, before
     assert running["pid"] == handle["pid"]  # the script ends in `exec`: the launched pid is the trainer
     killed = read_json(status_path)
     # Killed in epoch 2: epoch 1 is the last one reported and checkpointed.
