@@ -26,6 +26,17 @@ class LaunchRequest:
 Handle = dict[str, Any]  # JSON-serialisable, saved in launch.json
 
 
+class LauncherError(RuntimeError):
+    """What runs the trials refused or failed a request. Its message says what, in one line (the
+    controller logs it without a traceback: nothing in our code is wrong). `transient`: the launcher
+    did not answer (an API server down, a network error) and the next pass asks again; otherwise it
+    answered with a refusal, which counts towards failing the job."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
 class Launcher(Protocol):
     name: str
 
@@ -42,3 +53,7 @@ class Launcher(Protocol):
     def cost(self, handle: Handle, elapsed_s: float) -> float | None:
         """What `elapsed_s` seconds of this run cost in USD; None when the launcher cannot price it.
         Handles that a priced launcher returns also carry `hourly_price_usd` (None when unknown)."""
+
+    def close(self) -> None:
+        """Stop what the launcher started for itself (SkyPilot's local API server); the trials it
+        launched go on. Called when the controller exits."""

@@ -122,6 +122,9 @@ class LocalLauncher:
     def cost(self, handle: Handle, elapsed_s: float) -> float | None:
         return 0.0  # this machine: nothing is billed per trial
 
+    def close(self) -> None:
+        """Nothing to stop: the trials' processes outlive the controller, and a restarted one adopts them."""
+
 
 def _locked(lock_path: str) -> bool:
     try:

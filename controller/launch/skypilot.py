@@ -21,15 +21,16 @@ plain logic, tested against a small fake of `SkyJobs`.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from . import template
-from .base import Handle, LaunchRequest, RunState
+from .base import Handle, LauncherError, LaunchRequest, RunState
 
 # SkyPilot's ManagedJobStatus values, as our RunState.
 STATES = {
@@ -80,6 +81,8 @@ class Jobs(Protocol):
     def cancel(self, job_id: int) -> None: ...
 
     def logs(self, job_id: int) -> bytes | None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,9 @@ class SkyPilotLauncher:
     def logs(self, handle: Handle) -> bytes | None:
         return self.jobs.logs(handle["job_id"])
 
+    def close(self) -> None:
+        self.jobs.close()
+
     def cost(self, handle: Handle, elapsed_s: float) -> float | None:
         """USD for `elapsed_s` seconds: the catalog price of the machine the job ran on, once the
         queue has named it, else the price of the machine the optimizer was expected to pick."""
@@ -175,39 +181,48 @@ class SkyPilotLauncher:
 
 class SkyJobs:
     """SkyPilot's managed jobs through its SDK (0.14): each call sends a request to the API server
-    (started locally when SKYPILOT_API_SERVER_ENDPOINT names none) and `sky.get` waits for it."""
+    (started locally when SKYPILOT_API_SERVER_ENDPOINT names none) and `sky.get` waits for it.
+
+    Every failure comes out as a SkyPilotError that says it is SkyPilot's, with SkyPilot's own markup
+    taken out. A local API server that this process started (SkyPilot starts one on the first call when
+    none answers) is stopped by `close`: one the user started, or a remote one, is left alone."""
 
     FIELDS = ["job_id", "task_id", "job_name", "task_name", "status", "cluster_resources_full", "cloud",
               "region", "zone", "failure_reason", "submitted_at", "end_at"]
 
+    def __init__(self) -> None:
+        self.started_server: bool | None = None  # None until the first call asks
+
     def launch(self, task: dict[str, Any], name: str) -> int:
         import sky
 
-        # job_group=None: a trial stands on its own, even when the controller runs as a managed
-        # job itself; cancelling the controller must not cancel the trials it adopts again later.
-        # from_yaml_config consumes the mapping it is given: hand it a copy.
-        request = sky.jobs.launch(sky.Task.from_yaml_config(copy.deepcopy(task)), name=name, job_group=None)
-        job_ids, _ = sky.get(request)
+        with self._calling(f"launching {name}"):
+            # job_group=None: a trial stands on its own, even when the controller runs as a managed
+            # job itself; cancelling the controller must not cancel the trials it adopts again later.
+            # from_yaml_config consumes the mapping it is given: hand it a copy.
+            request = sky.jobs.launch(sky.Task.from_yaml_config(copy.deepcopy(task)), name=name, job_group=None)
+            job_ids, _ = sky.get(request)
         if not job_ids:
-            raise RuntimeError(f"SkyPilot launched no managed job for {name}")
+            raise SkyPilotError(f"SkyPilot launched no managed job for {name}")
         return int(job_ids[0])
 
     def queue(self, name: str | None = None, job_id: int | None = None) -> list[Record]:
         from sky import exceptions
 
-        try:
-            return self._queue(name, job_id, refresh=False)
-        except exceptions.ClusterNotUpError as exc:
-            # No jobs controller, or one stopped after idling: SkyPilot stops it only once no
-            # managed job is alive, so none is alive to adopt. A particular job's outcome is on
-            # the stopped controller: start it again to read it. Anything else (it is starting,
-            # it is broken) is raised, and the next pass asks again.
-            status = getattr(exc, "cluster_status", None)
-            if getattr(status, "value", status) not in (None, "STOPPED"):
-                raise
-            if job_id is None:
-                return []
-            return self._queue(name, job_id, refresh=True)
+        with self._calling("reading the managed jobs queue"):
+            try:
+                return self._queue(name, job_id, refresh=False)
+            except exceptions.ClusterNotUpError as exc:
+                # No jobs controller, or one stopped after idling: SkyPilot stops it only once no
+                # managed job is alive, so none is alive to adopt. A particular job's outcome is on
+                # the stopped controller: start it again to read it. Anything else (it is starting,
+                # it is broken) is raised, and the next pass asks again.
+                status = getattr(exc, "cluster_status", None)
+                if getattr(status, "value", status) not in (None, "STOPPED"):
+                    raise
+                if job_id is None:
+                    return []
+                return self._queue(name, job_id, refresh=True)
 
     def _queue(self, name: str | None, job_id: int | None, refresh: bool) -> list[Record]:
         import sky
@@ -220,17 +235,75 @@ class SkyJobs:
     def cancel(self, job_id: int) -> None:
         import sky
 
-        sky.get(sky.jobs.cancel(job_ids=[job_id]))
+        with self._calling(f"cancelling managed job {job_id}"):
+            sky.get(sky.jobs.cancel(job_ids=[job_id]))
 
     def logs(self, job_id: int) -> bytes | None:
         import sky
 
         out = io.StringIO()
         try:
-            sky.jobs.tail_logs(job_id=job_id, follow=False, output_stream=out)
-        except Exception as exc:  # noqa: BLE001 - logs are a courtesy: a missing one is not an error
-            out.write(f"\n[automl-images] could not read the managed job's logs: {type(exc).__name__}: {exc}\n")
-        return out.getvalue().encode() or None
+            with self._calling(f"reading the logs of managed job {job_id}"):
+                sky.jobs.tail_logs(job_id=job_id, follow=False, output_stream=out)
+        except SkyPilotError as exc:  # logs are a courtesy: a missing one is not an error
+            out.write(f"\n[automl-images] {exc}\n")
+        return without_markup(out.getvalue()).encode() or None
+
+    def close(self) -> None:
+        """Stop the local API server if this process started it."""
+        if not self.started_server:
+            return
+        import sky
+
+        with self._calling("stopping the local API server it started"):
+            sky.api_stop()
+        self.started_server = False
+
+    @contextlib.contextmanager
+    def _calling(self, what: str) -> Iterator[None]:
+        if self.started_server is None:
+            self.started_server = _local_server_down()
+        try:
+            yield
+        except SkyPilotError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever SkyPilot raises is SkyPilot's, said so once
+            raise SkyPilotError(f"SkyPilot failed {what}: {type(exc).__name__}: {without_markup(str(exc))}",
+                                transient=_unanswered(exc)) from exc
+
+
+class SkyPilotError(LauncherError):
+    """SkyPilot refused or failed a request (see LauncherError)."""
+
+
+# SkyPilot wraps control-plane payloads in <sky-payload> tags and colours its messages.
+_MARKUP = re.compile(r"<sky-payload[^>]*>.*?</sky-payload>\n?|\x1b\[[0-9;?]*[A-Za-z]", re.S)
+
+
+def without_markup(text: str) -> str:
+    return _MARKUP.sub("", text).strip()
+
+
+def _local_server_down() -> bool:
+    """Whether the first SDK call will start a local API server: the endpoint is SkyPilot's local
+    default and nothing answers there."""
+    from sky.server import common
+
+    try:
+        return bool(common.is_api_server_local()) and \
+            common.get_api_server_status().status != common.ApiServerStatus.HEALTHY
+    except Exception:  # noqa: BLE001 - unknown: then it is not ours to stop
+        return False
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """A request that got no answer (worth asking again) rather than a refusal."""
+    import requests
+
+    from sky import exceptions
+
+    return isinstance(exc, (exceptions.ApiServerConnectionError, requests.ConnectionError, requests.Timeout,
+                            ConnectionError, TimeoutError))
 
 
 def _record(r: Any) -> Record:

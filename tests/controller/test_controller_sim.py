@@ -159,3 +159,18 @@ def test_progress_line_with_a_budget():
         TrialView("t0002", {}, status={"status": "failed"}, cost_usd=0.05)])
     assert progress_line(spec, job) == ("running, 3/10 trials: 1 running, 1 completed, 1 failed | "
                                         "best accuracy=0.9100 (t0000) | $1.80 of $20")
+
+
+def test_a_trial_line_shows_the_best_beside_the_last_epoch_and_progress_within_an_epoch():
+    from automl_images.controller.progress import trial_line
+
+    history = [{"epoch": 1, "accuracy": 0.5}, {"epoch": 2, "accuracy": 0.75}, {"epoch": 3, "accuracy": 0.625}]
+    status = {"status": "running", "epoch": 3, "epochs_total": 10, "history": history,
+              "best": {"epoch": 2, "metrics": {"accuracy": 0.75}}}
+    assert trial_line(status, "accuracy") == "epoch 3/10, accuracy=0.6250 (best 0.7500 at epoch 2)"
+    status["progress"] = {"epoch": 4, "step": 120, "steps": 400, "images_per_second": 85.3, "eta_s": 185.2}
+    assert trial_line(status, "accuracy") == "epoch 4/10: step 120/400, 85.3 img/s, 3m05s to the end of its training"
+    # the leaderboard's figure when the last epoch is the best: no second figure
+    done = {"status": "completed", "epoch": 2, "epochs_total": 2, "history": history[:2],
+            "best": {"epoch": 2, "metrics": {"accuracy": 0.75}}, "progress": {"epoch": 2, "step": 3, "steps": 3}}
+    assert trial_line(done, "accuracy") == "epoch 2/2, accuracy=0.7500"

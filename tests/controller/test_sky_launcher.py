@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from synthetic import write_squares
 
-from automl_images.controller.launch import LaunchRequest, RunState
+from automl_images.controller.launch import LaunchRequest, RunState, skypilot
 from automl_images.controller.launch.extras import skypilot_installed
-from automl_images.controller.launch.skypilot import Price, Record, SkyPilotLauncher
+from automl_images.controller.launch.skypilot import Price, Record, SkyJobs, SkyPilotError, SkyPilotLauncher
 from automl_images.controller.loop import Controller
 from automl_images.controller.spec import parse_job
 from automl_images.core.layout import FILES, Root
@@ -39,6 +39,7 @@ class FakeJobs:
         self.tasks: dict[int, dict] = {}
         self.cancelled: list[int] = []
         self.queries = 0
+        self.closed = 0
 
     def launch(self, task: dict, name: str) -> int:
         job_id = max(self.records, default=0) + 1
@@ -57,6 +58,9 @@ class FakeJobs:
 
     def logs(self, job_id: int) -> bytes | None:
         return f"managed job {job_id}: trial output\n".encode()
+
+    def close(self) -> None:
+        self.closed += 1
 
     def set(self, job_id: int, status: str, **fields) -> None:
         self.records[job_id] = replace(self.records[job_id], status=status, **fields)
@@ -262,3 +266,64 @@ def test_nothing_the_controller_writes_holds_a_credential(tmp_path, jobs, monkey
         assert task["secrets"] == {"R2_SECRET_ACCESS_KEY": "r2-secret-abcdef"}
         plain = json.dumps({k: v for k, v in task.items() if k != "secrets"})
         assert not any(value in plain for value in secrets.values()), f"job {job_id}'s task holds a credential"
+
+
+# -- SkyJobs itself: SkyPilot's SDK replaced at its calls (sky.jobs.*, sky.get, sky.api_stop) --------
+
+class SdkCalls:
+    """The SDK functions SkyJobs calls, answering as told; what was called is kept."""
+
+    def __init__(self, monkeypatch, server_down: bool, error: BaseException | None = None):
+        import sky
+
+        self.calls: list[str] = []
+        self.error = error
+        monkeypatch.setattr(skypilot, "_local_server_down", lambda: server_down)
+        monkeypatch.setattr(sky.jobs, "cancel", lambda job_ids: self.call("cancel"))
+        monkeypatch.setattr(sky, "get", lambda request: request)
+        monkeypatch.setattr(sky, "api_stop", lambda: self.calls.append("api_stop"))
+
+    def call(self, name: str):
+        self.calls.append(name)
+        if self.error is not None:
+            raise self.error
+        return "request-id"
+
+
+@needs_skypilot
+def test_a_skypilot_failure_is_named_as_skypilots_without_its_markup(monkeypatch):
+    payload = '<sky-payload>{"code": 7}</sky-payload>\n'
+    SdkCalls(monkeypatch, server_down=False,
+             error=RuntimeError(f"{payload}\x1b[31mFailed to fetch the AWS catalog\x1b[0m"))
+    with pytest.raises(SkyPilotError) as caught:
+        SkyJobs().cancel(3)
+    assert str(caught.value) == "SkyPilot failed cancelling managed job 3: RuntimeError: Failed to fetch the AWS catalog"
+    assert not caught.value.transient  # SkyPilot answered: a refusal counts towards failing the job
+
+
+@needs_skypilot
+def test_an_api_server_that_does_not_answer_is_transient(monkeypatch):
+    from sky import exceptions
+
+    SdkCalls(monkeypatch, server_down=False, error=exceptions.ApiServerConnectionError("http://127.0.0.1:1"))
+    with pytest.raises(SkyPilotError) as caught:
+        SkyJobs().cancel(3)
+    assert caught.value.transient and str(caught.value).startswith("SkyPilot failed cancelling managed job 3")
+
+
+@needs_skypilot
+@pytest.mark.parametrize("server_down", [True, False])
+def test_close_stops_the_local_api_server_only_when_this_process_started_it(monkeypatch, server_down):
+    sdk = SdkCalls(monkeypatch, server_down=server_down)
+    jobs = SkyJobs()
+    jobs.close()
+    assert sdk.calls == []  # no call made: nothing started
+    jobs.cancel(3)
+    jobs.close()
+    jobs.close()
+    assert sdk.calls == ["cancel", "api_stop"] if server_down else ["cancel"]
+
+
+def test_the_launcher_closes_its_skypilot_boundary(jobs, launcher):
+    launcher.close()
+    assert jobs.closed == 1
