@@ -1,4 +1,5 @@
-"""`automl-images convert` (`trainer/convert.py`): COCO JSON, Pascal VOC XML and YOLO labels to our JSONL,
+"""`automl-images convert` (`trainer/convert/`): COCO JSON (polygons and run-length masks), Pascal VOC XML and
+YOLO labels to our JSONL,
 checked by reading the output back with our own parsers; bad input named by file, line or annotation,
 and field; and the real sets of ../shared/datasets, where they are."""
 from __future__ import annotations
@@ -6,21 +7,42 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import shared_dataset
+from faster_coco_eval.core import mask as coco_mask
 from PIL import Image
 
 from automl_images.controller import cli
+from automl_images.core import detection_labels
 from automl_images.core.hyperparameters import Task
-from automl_images.trainer import detection_labels
-from automl_images.trainer.convert import ConversionError, from_coco, from_voc, from_yolo, write_jsonl
-from automl_images.trainer.labels import class_list
+from automl_images.core.labels import class_list
+from automl_images.trainer.convert import ConversionError
+from automl_images.trainer.convert import coco as coco_module
+from automl_images.trainer.convert import from_coco, from_voc, from_yolo, write_jsonl
 
 
 def make_image(path: Path, width: int, height: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (width, height), (90, 140, 200)).save(path)
     return path
+
+
+def rectangle_mask(width, height, x0, y0, x1, y1):
+    mask = np.zeros((height, width), np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    return mask
+
+
+def rle(mask, compressed=True):
+    """COCO's run-length encoding of a mask: compressed (a string, as COCO files hold it) or not."""
+    if compressed:
+        encoded = coco_mask.encode(np.asfortranarray(mask))
+        return {"size": encoded["size"], "counts": encoded["counts"].decode()}
+    flat = mask.flatten(order="F")                  # column by column, starting with a run of zeros
+    changes = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    return {"size": list(mask.shape), "counts": ([0] if flat[0] else []) + counts}
 
 
 def parse_all(records, task):
@@ -33,7 +55,7 @@ def parse_all(records, task):
 @pytest.fixture
 def coco_set(tmp_path):
     """Three images (string and integer ids, one without annotations, one without a stated size): a
-    plain box, a polygon, a crowd in RLE, a box 10 px outside the image and one 0.5 px outside."""
+    plain box, a polygon, a crowd mask in RLE, a box 10 px outside the image and one 0.5 px outside."""
     make_image(tmp_path / "images" / "a.png", 100, 50)
     make_image(tmp_path / "images" / "sub" / "b.jpg", 40, 80)
     make_image(tmp_path / "images" / "empty.png", 20, 20)
@@ -46,7 +68,7 @@ def coco_set(tmp_path):
             {"id": 10, "image_id": "a", "category_id": 1, "bbox": [10, 5, 20, 10], "iscrowd": 0,
              "segmentation": [[10, 5, 30, 5, 30, 15, 10, 15]]},
             {"id": 11, "image_id": "a", "category_id": 2, "bbox": [50, 0, 50, 25], "iscrowd": 1,
-             "segmentation": {"size": [50, 100], "counts": "abc"}},
+             "segmentation": rle(rectangle_mask(100, 50, 50, 0, 100, 25))},
             {"id": 12, "image_id": 7, "category_id": 2, "bbox": [20, 40, 30, 50], "iscrowd": 0,
              "segmentation": [[20, 40, 50, 40, 35, 90]]},
             {"id": 13, "image_id": 7, "category_id": 1, "bbox": [-0.5, 0, 10, 10], "iscrowd": 0,
@@ -82,19 +104,64 @@ def test_coco_segmentation_polygons_and_crowd_rle(coco_set, tmp_path):
     records = from_coco(str(path), str(images), str(tmp_path / "train.jsonl"), "image-instance-segmentation").records
     a, b, _ = parse_all(records, Task.INSTANCE_SEGMENTATION)
     assert a.objects[0].polygons == ((0.1, 0.1, 0.3, 0.1, 0.3, 0.3, 0.1, 0.3),)
-    crowd = a.objects[1]
-    assert crowd.is_crowd and crowd.polygons == ((0.5, 0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5),)   # the box
+    crowd = a.objects[1]       # its mask, traced, stays a crowd
+    assert crowd.is_crowd and crowd.polygons == ((0.5, 0.0, 1.0, 0.0, 1.0, 0.5, 0.5, 0.5),)
     assert b.objects[0].polygons == ((0.5, 0.5, 1.0, 0.5, 0.875, 1.0),)
 
 
-def test_coco_mask_of_an_ordinary_object_is_refused_for_segmentation(coco_set, tmp_path):
+@pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "uncompressed"])
+def test_coco_masks_of_objects_are_traced_into_polygons(coco_set, tmp_path, compressed):
+    """An L shape with a hole and a second region: one polygon a region along the pixel edges (the
+    hole filled), which COCO's own rasteriser turns back into exactly the mask's pixels."""
     path, images, coco = coco_set
-    coco["annotations"][1]["iscrowd"] = 0
+    mask = rectangle_mask(100, 50, 10, 5, 30, 20) | rectangle_mask(100, 50, 10, 20, 15, 35)
+    mask |= rectangle_mask(100, 50, 40, 30, 55, 38)
+    mask[8:12, 15:20] = 0
+    coco["annotations"][1].update(iscrowd=0, segmentation=rle(mask, compressed))
+    del coco["annotations"][1]["bbox"]              # the box is the mask's bounds
     path.write_text(json.dumps(coco))
-    with pytest.raises(ConversionError, match=r"annotation 11: field 'segmentation': a run-length encoded mask"):
+    records = from_coco(str(path), str(images), str(tmp_path / "train.jsonl"), Task.INSTANCE_SEGMENTATION).records
+    traced = parse_all(records, Task.INSTANCE_SEGMENTATION)[0].objects[1]
+    assert not traced.is_crowd and traced.box == (0.1, 0.1, 0.55, 0.76)
+    pixels = [[round(v * (100 if i % 2 == 0 else 50), 6) for i, v in enumerate(p)] for p in traced.polygons]
+    assert pixels == [[10, 5, 30, 5, 30, 20, 15, 20, 15, 35, 10, 35], [40, 30, 55, 30, 55, 38, 40, 38]]
+    mask[8:12, 15:20] = 1
+    assert (coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(pixels, 50, 100))) == mask).all()
+    detection = from_coco(str(path), str(images), str(tmp_path / "train.jsonl")).records
+    assert parse_all(detection, Task.OBJECT_DETECTION)[0].objects[1].box == (0.1, 0.1, 0.55, 0.76)
+
+
+def test_coco_mask_problems(coco_set, tmp_path):
+    path, images, coco = coco_set
+    coco["annotations"][1]["segmentation"] = {"size": [40, 100], "counts": "abc"}
+    coco["annotations"][0]["segmentation"] = {"size": [50, 100], "counts": "abc"}
+    coco["annotations"][2]["segmentation"] = {"size": [80, 40], "counts": [3, 4000]}
+    coco["annotations"][3]["segmentation"] = {"size": [80, 40], "counts": 7}
+    path.write_text(json.dumps(coco))
+    with pytest.raises(ConversionError) as caught:
         from_coco(str(path), str(images), str(tmp_path / "train.jsonl"), Task.INSTANCE_SEGMENTATION)
-    records = from_coco(str(path), str(images), str(tmp_path / "train.jsonl")).records    # its box is fine
-    assert parse_all(records, Task.OBJECT_DETECTION)[0].objects[1].box == (0.5, 0.0, 1.0, 0.5)
+    assert str(caught.value).splitlines() == [
+        f"{path}: annotation 10: field 'segmentation.counts': not a run-length encoding of the mask: RLE string "
+        f"is malformed: early end.",
+        f"{path}: annotation 11: field 'segmentation.size': must be the image's [height, width], [50, 100], "
+        f"got [40, 100]",
+        f"{path}: annotation 12: field 'segmentation.counts': not a run-length encoding of the mask: RLE counts "
+        f"exceed the mask dimensions.",
+        f"{path}: annotation 13: field 'segmentation.counts': must be a string (compressed) or a list of "
+        f"non-negative integers (uncompressed), got int",
+    ]
+
+
+def test_coco_speckled_masks_are_not_traced(coco_set, tmp_path, monkeypatch):
+    path, images, coco = coco_set
+    speckles = np.zeros((50, 100), np.uint8)
+    speckles[::2, ::2] = 1                               # 1,250 pixels, each with 4 edges
+    coco["annotations"][1]["segmentation"] = rle(speckles)
+    path.write_text(json.dumps(coco))
+    monkeypatch.setattr(coco_module, "MAX_TRACED_EDGES", 4999)
+    with pytest.raises(ConversionError, match=r"annotation 11: field 'segmentation': a mask whose outlines have "
+                                              r"5000 pixel edges, more than the 4999 traced"):
+        from_coco(str(path), str(images), str(tmp_path / "train.jsonl"), Task.INSTANCE_SEGMENTATION)
 
 
 def test_coco_multi_label_is_the_set_of_classes(coco_set, tmp_path):
