@@ -3,9 +3,12 @@
     automl-images evaluate --task image-classification --labels val.jsonl --predictions preds.jsonl
 
 LABELS is JSONL as for training. PREDICTIONS is the same schema with `scores`, every class's
-probability; its `label` is optional and not used, the metrics come from the scores:
+probability; its `label` is optional and not used, the metrics come from the scores. This is what
+`automl-images predict` writes (and `LoadedModel.predict` returns, less the image_url), so its
+output is read here unchanged and is a label file as it stands:
 
     {"image_url": "images/can_1.jpg", "label": "can", "scores": {"can": 0.9, "milk_bottle": 0.1}}
+    {"image_url": "images/fridge_1.jpg", "label": ["can"], "scores": {"can": 0.8, "milk_bottle": 0.3}}
 
 - image-classification: the predicted class is the highest score; each line's scores must sum to 1
   (within 0.01, for rounded figures; they are used as given, as scikit-learn does: rescaling would
@@ -39,11 +42,11 @@ import numpy as np
 
 from automl_images.core import jsonl
 from automl_images.core.hyperparameters import Task
+from automl_images.core.labels import PARSERS as LABEL_PARSERS
 from automl_images.core.problems import Problems
 from automl_images.core.storage import filesystem, resolve
 
 from . import metrics
-from .labels import PARSERS as LABEL_PARSERS
 
 SUM_TOLERANCE = 0.01      # multi-class scores must sum to 1 within this
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -71,14 +74,7 @@ class _Line:
 def _read_lines(url: str, problems: Problems) -> list[jsonl.JsonLine]:
     """Every line of a JSONL file that is an object with an image_url; the other lines become
     problems."""
-    out = []
-    for line in jsonl.read_objects(url, problems):
-        reference = line.value.get("image_url")
-        if not isinstance(reference, str) or not reference.strip():
-            problems.add(line.where, "image_url", "missing" if reference is None
-                         else f"must be a non-empty string, got {reference!r}")
-            continue
-        out.append(line)
+    out = jsonl.image_url_lines(url, problems)
     if not out and not problems.items:
         raise EvaluationError(f"{url}: no records (the file is empty)")
     return out
@@ -238,8 +234,9 @@ def _image_size(obj: dict[str, Any], labels_url: str, where: str, problems: Prob
 
 
 def _evaluate_detection(task: Task, labels_url: str, predictions_url: str, metric_type: str) -> dict[str, Any]:
+    from automl_images.core.detection_labels import parser
+
     from . import detection_metrics
-    from .detection_labels import parser
 
     if metric_type not in DETECTION_METRIC_TYPES:
         raise EvaluationError(f"--metric-type must be one of {', '.join(DETECTION_METRIC_TYPES)} to evaluate "

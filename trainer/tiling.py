@@ -129,6 +129,9 @@ class TiledInference(torch.nn.Module):
         self.grid = grid
         self.nms_thresh = nms_thresh
         self.detections_per_img = detections_per_img
+        # A new module is in train mode: wrapping a detector in eval mode (prediction) must not turn
+        # its forward into the detector's own, which would look at the whole images only.
+        self.train(detector.training)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, Any]] | None = None):
         if self.training:
