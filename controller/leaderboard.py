@@ -1,4 +1,5 @@
-"""The leaderboard: every trial, best first, as JSON, CSV or a terminal table.
+"""The leaderboard: every trial, best first, as JSON, CSV or a terminal table, ranked by the job's
+primary metric, with each trial's skipped images and why it stopped.
 
 A trial's `params` here are those that tell the job's trials apart (`shown_params`); the controller's
 log and `automl-images status` show the same ones (`params_text`).
@@ -52,11 +53,13 @@ def build(primary_metric: str, trials: list[TrialView], search_space: Space = ()
             "duration_s": status.get("duration_s"),
             "cost_usd": round(trial.cost_usd, 6),
             "error": (status.get("error") or {}).get("message"),
+            "reason": stop_reason(status),
+            "skipped_images": status.get("skipped_images_count", 0),
         })
 
     def rank(row: dict[str, Any]) -> tuple:
         value = row["metrics"].get(primary_metric)
-        if not _is_number(value):
+        if not is_number(value):
             return (1, 0.0, row["trial_id"])
         return (0, -oriented(primary_metric, value), row["trial_id"])  # the best score first
 
@@ -65,7 +68,20 @@ def build(primary_metric: str, trials: list[TrialView], search_space: Space = ()
             "cost_usd": round(sum(t.cost_usd for t in trials), 6), "trials": rows}
 
 
-def _is_number(value: Any) -> bool:
+def stop_reason(status: dict[str, Any]) -> str:
+    """Why a trial ended, in one line: its error, the stop's reason (early termination, cancel, the
+    job's timeout, a lost machine), early stopping, or "" (it ran its epochs, or runs still)."""
+    error = (status.get("error") or {}).get("message")
+    if error:
+        return str(error).strip().splitlines()[0] if str(error).strip() else "failed"
+    if status.get("reason"):
+        return str(status["reason"])
+    if status.get("early_stopped"):
+        return "early stopping: the primary metric stopped improving"
+    return ""
+
+
+def is_number(value: Any) -> bool:
     """A usable metric: a diverged trial's NaN ranks with the trials that have none."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -73,7 +89,7 @@ def _is_number(value: Any) -> bool:
 def best_trial(board: dict[str, Any]) -> dict[str, Any] | None:
     """The best trial that produced a metric (completed, or stopped after an evaluation)."""
     for row in board["trials"]:
-        if _is_number(row["metrics"].get(board["primary_metric"])) and \
+        if is_number(row["metrics"].get(board["primary_metric"])) and \
                 row["status"] in ("completed", "stopped"):
             return row
     return None
@@ -83,30 +99,32 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def _param_names(board: dict[str, Any]) -> list[str]:
+def param_names(board: dict[str, Any]) -> list[str]:
     """The model first, as in the controller's log and `status`, then the others by name."""
     return sorted({k for row in board["trials"] for k in row["params"]}, key=lambda name: (name != "model_name", name))
 
 
-def _metric_names(board: dict[str, Any]) -> list[str]:
+def metric_names(board: dict[str, Any]) -> list[str]:
     names = sorted({k for row in board["trials"] for k, v in row["metrics"].items() if isinstance(v, (int, float))})
     primary = board["primary_metric"]
     return [primary] + [n for n in names if n != primary] if primary in names else names
 
 
 def _flat_rows(board: dict[str, Any], metric_names: list[str]) -> tuple[list[str], list[list[Any]]]:
-    params = _param_names(board)
-    header = ["rank", "trial_id", "status"] + metric_names + params + ["epochs", "duration_s", "cost_usd"]
+    params = param_names(board)
+    header = (["rank", "trial_id", "status"] + metric_names + params
+              + ["epochs", "duration_s", "cost_usd", "skipped_images", "reason"])
     rows = []
     for i, row in enumerate(board["trials"], start=1):
         rows.append([i, row["trial_id"], row["status"]] + [row["metrics"].get(m, "") for m in metric_names]
                     + [row["params"].get(p, "") for p in params]
-                    + [row["epochs"], row["duration_s"] or "", row.get("cost_usd", "")])
+                    + [row["epochs"], row["duration_s"] or "", row.get("cost_usd", ""),
+                       row.get("skipped_images", 0), row.get("reason", "")])
     return header, rows
 
 
 def to_csv(board: dict[str, Any]) -> str:
-    header, rows = _flat_rows(board, _metric_names(board))
+    header, rows = _flat_rows(board, metric_names(board))
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
@@ -124,12 +142,18 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def _shortened(reason: str, limit: int = 60) -> str:
+    """A reason in a table cell: one line, cut at `limit` characters (the JSON and CSV have it whole)."""
+    return reason if len(reason) <= limit else reason[:limit - 1] + "…"
+
+
 def to_table(board: dict[str, Any], markdown: bool = False) -> str:
-    """A terminal table (or Markdown) with the primary metric and a few others."""
-    metrics = _metric_names(board)
+    """A terminal table (or Markdown) with the primary metric and a few others, and why each
+    trial stopped (the last column)."""
+    metrics = metric_names(board)
     shown = metrics[:1] + [m for m in ("loss", "log_loss") if m in metrics[1:]]
     header, rows = _flat_rows(board, shown)
-    cells = [header] + [[_cell(v) for v in row] for row in rows]
+    cells = [header] + [[_cell(v) for v in row[:-1]] + [_shortened(row[-1])] for row in rows]
     if markdown:
         lines = ["| " + " | ".join(cells[0]) + " |", "|" + "|".join("---" for _ in cells[0]) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]

@@ -2,7 +2,8 @@
 
 Finished trials come from each job's trials.json (core/trials.py), the others from their folders, so
 a job with a long history costs a few requests. A running trial's cost is its launch record's
-hourly price times its time so far.
+hourly price times its time so far. Torn files are read as the controller reads them (a job's
+state rebuilt from its folder, a trial's files as core/trials.py says), and never written.
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Any
 from automl_images.core import trials
 from automl_images.core.layout import Root, job_id_from_name
 from automl_images.core.records import TrialView
+from automl_images.core.storage import InvalidJSON
 
 from . import accepted, leaderboard
-from .spec import JobSpecError
+from .job_state import read_state
+from .spec import JobSpec, JobSpecError
 
 
 def queued_jobs(root: Root, job_ids: list[str] | None = None) -> dict[str, str]:
@@ -37,8 +40,11 @@ def job_summaries(root: Root, now: float | None = None) -> list[dict[str, Any]]:
 
 def _summary(root: Root, job_id: str, now: float, views: list[TrialView] | None = None) -> dict[str, Any]:
     """`views`: the job's trials when the caller has read them already."""
-    state = root.storage.read_json(root.job_state(job_id)) or {"status": "accepting"}
-    board = root.storage.read_json(root.leaderboard(job_id)) or {}
+    state = read_state(root, job_id, now)[0] or {"status": "accepting"}
+    try:
+        board = root.storage.read_json(root.leaderboard(job_id)) or {}
+    except InvalidJSON:  # torn: rewritten by the job's next publish
+        board = {}
     counts: collections.Counter = collections.Counter()
     views = trials.read_all(root, job_id, now) if views is None else views
     for trial in views:
@@ -89,21 +95,31 @@ def render_job(root: Root, job_id: str) -> str | None:
     now = time.time()
     views = trials.read_all(root, job_id, now)  # read once, for the summary and the trial lines
     lines = [render_summaries([_summary(root, job_id, now, views)]), ""]
-    space = _search_space(root, job_id)
+    spec = _accepted_spec(root, job_id)
+    space = spec.search_space if spec is not None else ()
     for trial in views:
         status = trial.status or {}
         shown = leaderboard.params_text(leaderboard.shown_params(space, trial.sweep))
         epoch = f"epoch {status.get('epoch', 0)}/{status.get('epochs_total', '?')}"
+        figures = []
+        if spec is not None:  # the figure the leaderboard ranks by: the trial's best epoch
+            value = (status.get("metrics") or (status.get("best") or {}).get("metrics") or {}).get(spec.primary_metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                figures.append(f"{spec.primary_metric}={value:.4f}")
+        if status.get("skipped_images_count"):
+            figures.append(f"{status['skipped_images_count']} image(s) skipped")
         error = (status.get("error") or {}).get("message", "").replace("\n", "\n      ")  # every line indented
+        why = "" if error else leaderboard.stop_reason(status)
         lines.append(f"  {trial.trial_id}  {trial.trial_status.value:9}  {epoch:12}  ${trial.cost_usd:<7.2f}  {shown}"
-                     + (f"\n      {error}" if error else ""))
+                     + "".join(f"  {figure}" for figure in figures)
+                     + (f"\n      {error}" if error else "") + (f"\n      {why}" if why else ""))
     return "\n".join(lines)
 
 
-def _search_space(root: Root, job_id: str) -> tuple[dict[str, Any], ...]:
-    """What the trials' shown params are computed from; none when the job has no spec of this
-    version (rejected; accepted by another version): its trials then show their sampled values."""
+def _accepted_spec(root: Root, job_id: str) -> JobSpec | None:
+    """What the trials' shown params and figures are computed from; None when the job has no spec
+    of this version (rejected; accepted by another version): its trials then show their sampled values."""
     try:
-        return accepted.load(root, job_id).search_space
+        return accepted.load(root, job_id)
     except (FileNotFoundError, JobSpecError):
-        return ()
+        return None

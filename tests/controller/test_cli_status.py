@@ -130,4 +130,23 @@ def test_the_model_and_the_sampled_values_are_shown_alike_everywhere(local_root,
         assert f"job fixed: trial {trial} created: {text}" in log
         status_line = next(line for line in cli(capsys, "status", "fixed", "--root", local_root)[1].splitlines()
                            if line.startswith(f"  {trial}"))
-        assert status_line.endswith(f"  {text}") and " completed " in status_line
+        accuracy = next(row["metrics"]["accuracy"] for row in board["trials"] if row["trial_id"] == trial)
+        # then the figure the leaderboard ranks by
+        assert status_line.endswith(f"  {text}  accuracy={accuracy:.4f}") and " completed " in status_line
+
+
+def test_status_says_why_a_trial_stopped_and_how_many_images_it_skipped(local_root, capsys):
+    root, clock = Root(local_root), FakeClock()
+    controller = Controller(root, clock=clock, launchers={"local": SimLauncher(clock=clock)})
+    submit(root, "why", sim_job(max_trials=2, concurrent=2, epochs=2))
+    controller.reconcile_once()
+    # What the trainer writes when a stop request ends it after its first epoch.
+    root.storage.write_json(root.trial_key("why", "t0001", FILES.status), {
+        "status": "stopped", "epoch": 1, "epochs_total": 2, "skipped_images_count": 3,
+        "reason": "early termination: bandit policy, slack_factor 0.1",
+        "history": [{"epoch": 1, "accuracy": 0.25}], "metrics": {"accuracy": 0.25}})
+    run_until_done(controller, clock, step_s=10)
+    lines = cli(capsys, "status", "why", "--root", local_root)[1].splitlines()
+    at = lines.index(next(line for line in lines if line.startswith("  t0001")))
+    assert " stopped " in lines[at] and lines[at].endswith("  accuracy=0.2500  3 image(s) skipped")
+    assert lines[at + 1] == "      early termination: bandit policy, slack_factor 0.1"

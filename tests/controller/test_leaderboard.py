@@ -14,8 +14,8 @@ from automl_images.core.records import TrialView
 
 def view(index: int, status: str, metrics: dict | None = None, *, lr: float = 0.01, model: str = "resnet18",
          error: str | None = None, best: bool = False, epochs: int = 3, duration: float | None = 12.5,
-         cost: float = 0.0) -> TrialView:
-    record: dict = {"status": status, "epochs": epochs, "duration_s": duration}
+         cost: float = 0.0, **fields) -> TrialView:
+    record: dict = {"status": status, "epochs": epochs, "duration_s": duration, **fields}
     if metrics is not None:
         if best:  # a running trial reports its best evaluation so far under "best"
             record["best"] = {"metrics": metrics}
@@ -31,7 +31,8 @@ TRIALS = [
     view(0, "completed", {"accuracy": 0.81, "loss": 0.52}, lr=0.01, cost=1.5),
     view(1, "failed", None, lr=0.5, error="out of memory"),
     view(2, "completed", {"accuracy": 0.93, "loss": 0.21}, lr=0.02, model="mobilenetv2", cost=0.25),
-    view(3, "stopped", {"accuracy": 0.42, "loss": 1.3}, lr=0.001),
+    view(3, "stopped", {"accuracy": 0.42, "loss": 1.3}, lr=0.001, reason="bandit: 0.42 < 0.7 at epoch 2",
+         skipped_images_count=2),
     view(4, "running", {"accuracy": 0.88, "loss": 0.3}, lr=0.005, best=True),
     TrialView("t0005", {"subspace": 0, "params": {"learning_rate": 0.03, "model_name": "resnet18"}}),  # pending
 ]
@@ -70,8 +71,10 @@ def test_rows():
     assert rows["t0002"] == {"trial_id": "t0002", "status": "completed",
                              "params": {"learning_rate": 0.02, "model_name": "mobilenetv2"},
                              "metrics": {"accuracy": 0.93, "loss": 0.21}, "epochs": 3, "duration_s": 12.5,
-                             "cost_usd": 0.25, "error": None}
+                             "cost_usd": 0.25, "error": None, "reason": "", "skipped_images": 0}
     assert rows["t0001"]["error"] == "out of memory" and rows["t0001"]["metrics"] == {}
+    assert rows["t0001"]["reason"] == "out of memory"   # why it stopped: its error
+    assert rows["t0003"]["reason"] == "bandit: 0.42 < 0.7 at epoch 2" and rows["t0003"]["skipped_images"] == 2
     assert rows["t0004"]["metrics"] == {"accuracy": 0.88, "loss": 0.3}  # from "best"
     assert rows["t0005"]["status"] == "pending" and rows["t0005"]["epochs"] == 0
 
@@ -105,9 +108,11 @@ def test_csv():
     board = leaderboard.build("accuracy", TRIALS)
     rows = list(csv.reader(io.StringIO(leaderboard.to_csv(board))))
     assert rows[0] == ["rank", "trial_id", "status", "accuracy", "loss", "model_name", "learning_rate", "epochs",
-                       "duration_s", "cost_usd"]
-    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "mobilenetv2", "0.02", "3", "12.5", "0.25"]
-    assert rows[5] == ["5", "t0001", "failed", "", "", "resnet18", "0.5", "3", "12.5", "0.0"]
+                       "duration_s", "cost_usd", "skipped_images", "reason"]
+    assert rows[1] == ["1", "t0002", "completed", "0.93", "0.21", "mobilenetv2", "0.02", "3", "12.5", "0.25", "0", ""]
+    assert rows[4] == ["4", "t0003", "stopped", "0.42", "1.3", "resnet18", "0.001", "3", "12.5", "0.0", "2",
+                       "bandit: 0.42 < 0.7 at epoch 2"]
+    assert rows[5] == ["5", "t0001", "failed", "", "", "resnet18", "0.5", "3", "12.5", "0.0", "0", "out of memory"]
     assert [r[1] for r in rows[1:]] == order(board)
 
 
@@ -115,14 +120,32 @@ def test_table():
     board = leaderboard.build("accuracy", TRIALS)
     lines = leaderboard.to_table(board).splitlines()
     assert lines[0].split() == ["rank", "trial_id", "status", "accuracy", "loss", "model_name", "learning_rate",
-                                "epochs", "duration_s", "cost_usd"]
+                                "epochs", "duration_s", "cost_usd", "skipped_images", "reason"]
     assert set(lines[1]) <= {"-", " "}
-    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "mobilenetv2", "0.02", "3", "12.5", "0.25"]
+    assert lines[2].split() == ["1", "t0002", "completed", "0.93", "0.21", "mobilenetv2", "0.02", "3", "12.5", "0.25",
+                                "0"]
+    assert lines[5].split()[:2] == ["4", "t0003"] and lines[5].split()[-8:] == "2 bandit: 0.42 < 0.7 at epoch 2".split()
     assert [line.split()[1] for line in lines[2:-1]] == order(board)
     assert lines[-1] == "job cost: $1.75"
     # columns line up: every row starts its trial id where the header does
     column = lines[0].index("trial_id")
     assert all(line[column:column + 5].startswith("t0") for line in lines[2:-1])
+
+
+def test_table_shows_a_long_reason_on_one_short_line():
+    reason = "the job's timeout (12 h) was reached\nsecond line " + "x" * 80
+    board = leaderboard.build("accuracy", [view(0, "failed", error=reason)])
+    last = leaderboard.to_table(board).splitlines()[2]
+    assert last.endswith("the job's timeout (12 h) was reached") and "second line" not in last
+    board = leaderboard.build("accuracy", [view(0, "stopped", reason="y" * 80)])
+    assert leaderboard.to_table(board).splitlines()[2].endswith("y" * 59 + "…")
+    assert "y" * 80 in leaderboard.to_csv(board)   # the CSV has it whole
+
+
+def test_early_stopping_is_a_reason():
+    board = leaderboard.build("accuracy", [view(0, "completed", {"accuracy": 0.5}, early_stopped=True),
+                                           view(1, "completed", {"accuracy": 0.4})])
+    assert [row["reason"] for row in board["trials"]] == ["early stopping: the primary metric stopped improving", ""]
 
 
 def test_table_shows_the_primary_metric_and_losses_only():
@@ -138,10 +161,10 @@ def test_markdown():
     board = leaderboard.build("accuracy", TRIALS)
     lines = leaderboard.to_table(board, markdown=True).splitlines()
     assert lines[0] == ("| rank | trial_id | status | accuracy | loss | model_name | learning_rate | epochs "
-                        "| duration_s | cost_usd |")
-    assert lines[1] == "|" + "|".join(["---"] * 10) + "|"
-    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | mobilenetv2 | 0.02 | 3 | 12.5 | 0.25 |"
-    assert lines[6] == "| 5 | t0001 | failed |  |  | resnet18 | 0.5 | 3 | 12.5 | 0 |"
+                        "| duration_s | cost_usd | skipped_images | reason |")
+    assert lines[1] == "|" + "|".join(["---"] * 12) + "|"
+    assert lines[2] == "| 1 | t0002 | completed | 0.93 | 0.21 | mobilenetv2 | 0.02 | 3 | 12.5 | 0.25 | 0 |  |"
+    assert lines[6] == "| 5 | t0001 | failed |  |  | resnet18 | 0.5 | 3 | 12.5 | 0 | 0 | out of memory |"
     assert len(lines) == 2 + len(TRIALS)
 
 
@@ -152,9 +175,10 @@ def test_json_round_trip():
 
 def test_empty_board_renders():
     board = leaderboard.build("accuracy", [])
-    assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s,cost_usd\n"
+    assert leaderboard.to_csv(board) == "rank,trial_id,status,epochs,duration_s,cost_usd,skipped_images,reason\n"
     assert leaderboard.to_table(board).splitlines()[0].split() == ["rank", "trial_id", "status", "epochs",
-                                                                   "duration_s", "cost_usd"]
+                                                                   "duration_s", "cost_usd", "skipped_images",
+                                                                   "reason"]
 
 
 # A model fixed in each subspace, a learning rate fixed in one and sampled in the other, a weight
