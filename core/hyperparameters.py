@@ -4,7 +4,7 @@ One registry, in the torch-free core: the controller validates job files against
 each job's defaults from it when it accepts the job, the trainer builds what the settings name,
 and the README's table is generated from the same data.
 A setting the trainer does not act on is not in the registry: a job that sets it is refused,
-never silently ignored.
+never silently ignored. Azure GA's names are aliases of the preview's (`Hyperparameter.aliases`).
 """
 from __future__ import annotations
 
@@ -76,6 +76,8 @@ class Hyperparameter:
     choices: tuple[str, ...] = ()
     tasks: tuple[Task, ...] = ALL_TASKS
     models: tuple[str, ...] = ()      # empty: every model of the task
+    aliases: tuple[str, ...] = ()     # other names of the setting (Azure GA's beside the preview's)
+    choice_aliases: tuple[tuple[str, str], ...] = ()  # (other spelling, choice) of a CHOICE's values
 
     def default_for(self, task: Task, model_name: str) -> Any:
         return self.default(task, model_name) if callable(self.default) else self.default
@@ -91,7 +93,7 @@ class Hyperparameter:
         if self.choices:
             return "one of " + ", ".join(self.choices)
         if self.kind is Kind.GRID:
-            return "COLUMNSxROWS, e.g. 3x2"
+            return "COLUMNSxROWS, e.g. 3x2, or (3, 2)"
         if self.low is None and self.high is None:
             return "any"
         left = "(" if self.low_exclusive else "["
@@ -110,6 +112,7 @@ class Hyperparameter:
                 return int(value.strip().lower() in ("1", "true")), None
             return value, f"must be 0 or 1, got {value!r}"
         if self.kind is Kind.CHOICE:
+            value = dict(self.choice_aliases).get(value, value)
             if value not in self.choices:
                 return value, f"must be one of {', '.join(self.choices)}; got {value!r}"
             return value, None
@@ -118,10 +121,12 @@ class Hyperparameter:
                 return value, f"must be a non-empty string, got {value!r}"
             return value, None
         if self.kind is Kind.GRID:
+            ga = _GA_GRID.match(value) if isinstance(value, str) else None
             try:
-                columns, rows = grid_size(value)
-            except ValueError as exc:
-                return value, str(exc)
+                columns, rows = grid_size(f"{ga[1]}x{ga[2]}" if ga else value)
+            except ValueError:
+                return value, f"must be COLUMNSxROWS or (COLUMNS, ROWS) with positive whole numbers (e.g. 3x2), " \
+                              f"got {value!r}"
             return f"{columns}x{rows}", None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             if isinstance(value, str):
@@ -146,6 +151,7 @@ class Hyperparameter:
 
 
 _GRID = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+_GA_GRID = re.compile(r"^\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)\s*$")  # "(3, 2)", as Azure GA writes it
 
 
 def grid_size(value: Any) -> tuple[int, int]:
@@ -190,7 +196,28 @@ DEFAULT_MODELS = {
 }
 
 _DETECTION_NOT_YOLO = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet34_fpn", "fasterrcnn_resnet18_fpn",
-                       "retinanet_resnet50_fpn", "maskrcnn_resnet50_fpn")
+                       "retinanet_resnet50_fpn", "maskrcnn_resnet50_fpn",
+                       "fasterrcnn_resnet101_fpn", "fasterrcnn_resnet152_fpn", "maskrcnn_resnet18_fpn",
+                       "maskrcnn_resnet34_fpn", "maskrcnn_resnet101_fpn", "maskrcnn_resnet152_fpn")
+
+# Azure GA's defaults for the ViTs, which differ from the other classifiers': batch sizes that fit
+# a 12 GiB GPU, and learning rates (multi-class, multi-label) that suit their optimisation.
+_VIT_BATCH_SIZES = {"vits16r224": 128, "vitb16r224": 48, "vitl16r224": 10}
+_VIT_LEARNING_RATES = {"vits16r224": (0.0125, 0.025), "vitb16r224": (0.0125, 0.025), "vitl16r224": (0.001, 0.002)}
+
+
+def _batch_size(detection: int) -> Callable[[Task, str], Any]:
+    """78 for the classifiers (the ViTs: their own), `detection` for OD / IS, 16 for yolov5."""
+    per_task = _per_task(78, 78, detection, 16)
+    return lambda task, model: _VIT_BATCH_SIZES.get(model) or per_task(task, model)
+
+
+def _learning_rate(task: Task, model: str) -> float:
+    if model in _VIT_LEARNING_RATES:
+        return _VIT_LEARNING_RATES[model][task is Task.MULTI_LABEL]
+    # GA: 0.005 for the R-CNNs and RetinaNet (the preview's 0.05 diverged on small data sets)
+    return _per_task(0.01, 0.035, 0.005, 0.01)(task, model)
+
 
 _REGISTRY: tuple[Hyperparameter, ...] = (
     # --- model selection -----------------------------------------------------------------------
@@ -202,15 +229,18 @@ _REGISTRY: tuple[Hyperparameter, ...] = (
                    default=lambda _task, model: 0 if model == "yolov5" else 1),
     # --- model-agnostic ------------------------------------------------------------------------
     _positive_int("number_of_epochs", "Number of training epochs.", _per_task(15, 15, 15, 30)),
-    _positive_int("training_batch_size", "Training batch size.", _per_task(78, 78, 2, 16)),
-    _positive_int("validation_batch_size", "Validation batch size.", _per_task(78, 78, 2, 16)),
+    _positive_int("training_batch_size", "Training batch size.", _batch_size(detection=2)),
+    _positive_int("validation_batch_size", "Validation batch size.", _batch_size(detection=1)),
+    _positive_int("gradient_accumulation_step", "Batches whose gradients are summed before each optimizer step "
+                  "(an effective batch of training_batch_size times this).", 1),
+    Hyperparameter("number_of_workers", Kind.INT, "Data loader processes per training process; by default "
+                   "one per CPU core but one on a GPU machine, none on a CPU one.", None, low=0, high=64),
     Hyperparameter("early_stopping", Kind.FLAG, "Stop a trial when the primary metric stops improving.", 1),
     _positive_int("early_stopping_patience", "Evaluations without improvement before stopping.", 5),
     _positive_int("early_stopping_delay", "Evaluations to wait before tracking improvement.", 5),
-    _unit_float("learning_rate", "Initial learning rate.", _per_task(0.01, 0.035, 0.05, 0.01),
-                low_exclusive=True),
+    _unit_float("learning_rate", "Initial learning rate.", _learning_rate, low_exclusive=True),
     Hyperparameter("lr_scheduler", Kind.CHOICE, "Learning rate scheduler.", "warmup_cosine",
-                   choices=("warmup_cosine", "step")),
+                   choices=("warmup_cosine", "step"), aliases=("learning_rate_scheduler",)),
     _unit_float("step_lr_gamma", "Gamma of the step scheduler.", 0.5),
     _positive_int("step_lr_step_size", "Step size (epochs) of the step scheduler.", 5),
     _unit_float("warmup_cosine_lr_cycles", "Cosine cycles of the warmup_cosine scheduler.", 0.45),
@@ -222,8 +252,11 @@ _REGISTRY: tuple[Hyperparameter, ...] = (
     Hyperparameter("nesterov", Kind.FLAG, "Nesterov momentum (sgd).", 1),
     _unit_float("beta1", "beta1 (adam, adamw).", 0.9),
     _unit_float("beta2", "beta2 (adam, adamw).", 0.999),
-    Hyperparameter("amsgrad", Kind.FLAG, "AMSGrad (adam, adamw).", 0),
+    Hyperparameter("amsgrad", Kind.FLAG, "AMSGrad (adam, adamw).", 0, aliases=("ams_gradient",)),
     _positive_int("evaluation_frequency", "Evaluate the validation set every N epochs.", 1),
+    Hyperparameter("log_training_metrics", Kind.CHOICE, "enable: each evaluation also scores the training "
+                   "images (without augmentation), saved as training_<metric>.", "disable",
+                   choices=("enable", "disable")),
     Hyperparameter("split_ratio", Kind.FLOAT, "Validation share of the training data when no "
                    "validation data is given.", 0.2, low=0.0, high=1.0, low_exclusive=True),
     _positive_int("checkpoint_frequency", "Also keep a checkpoint every N epochs (the best epoch's "
@@ -233,41 +266,66 @@ _REGISTRY: tuple[Hyperparameter, ...] = (
     # --- classification ------------------------------------------------------------------------
     Hyperparameter("weighted_loss", Kind.INT, "0: none; 1: sqrt(class weights); 2: class weights.", 0,
                    low=0, high=2, tasks=CLASSIFICATION_TASKS),
-    _positive_int("resize_size", "Image size before cropping (validation).", 256, tasks=CLASSIFICATION_TASKS),
-    _positive_int("crop_size", "Crop size fed to the network.", 224, tasks=CLASSIFICATION_TASKS),
+    _positive_int("resize_size", "Image size before cropping (validation).", 256, tasks=CLASSIFICATION_TASKS,
+                  aliases=("validation_resize_size",)),
+    # One crop size for training and validation, as the preview had: GA's two names are both
+    # taken, and a job that gives them different values is refused (not silently unified).
+    _positive_int("crop_size", "Crop size fed to the network.", 224, tasks=CLASSIFICATION_TASKS,
+                  aliases=("training_crop_size", "validation_crop_size")),
     # --- detection and segmentation (all models) -------------------------------------------------
     Hyperparameter("validation_metric_type", Kind.CHOICE, "Metric computation for validation.", "voc",
                    choices=("none", "coco", "voc", "coco_voc"), tasks=DETECTION_TASKS),
+    _unit_float("validation_iou_threshold", "IoU at which a prediction matches an object in the VOC metrics.",
+                0.5, tasks=DETECTION_TASKS, low_exclusive=True),
+    # Azure's default (enable) costs a second pass over the validation images per evaluation:
+    # torchvision's detectors compute losses only in training mode (see fit.Fit._validation_loss).
+    Hyperparameter("log_validation_loss", Kind.CHOICE, "Also compute the detector's loss on the validation "
+                   "images at each evaluation (validation_loss and its parts): a second pass over them.",
+                   "enable", choices=("enable", "disable"), tasks=DETECTION_TASKS),
     _positive_int("min_size", "Minimum image size fed to the backbone.", 600, tasks=DETECTION_TASKS,
                   models=_DETECTION_NOT_YOLO),
     _positive_int("max_size", "Maximum image size fed to the backbone.", 1333, tasks=DETECTION_TASKS,
                   models=_DETECTION_NOT_YOLO),
     _unit_float("box_score_thresh", "Score threshold for returned boxes.",
-                _per_task(None, None, 0.3, 0.1), tasks=DETECTION_TASKS),
-    _unit_float("box_nms_thresh", "NMS threshold of the prediction head.", 0.5, tasks=DETECTION_TASKS,
-                models=_DETECTION_NOT_YOLO),
+                _per_task(None, None, 0.3, 0.1), tasks=DETECTION_TASKS, aliases=("box_score_threshold",)),
+    # The preview had box_nms_thresh (R-CNNs, RetinaNet) and box_iou_thresh (yolov5); GA names both nms_iou_threshold.
+    _unit_float("box_nms_thresh", "IoU threshold of the NMS of the prediction head.", 0.5, tasks=DETECTION_TASKS,
+                aliases=("nms_iou_threshold", "box_iou_thresh")),
     _positive_int("box_detections_per_img", "Maximum detections per image.", 100, tasks=DETECTION_TASKS,
-                  models=_DETECTION_NOT_YOLO),
+                  models=_DETECTION_NOT_YOLO, aliases=("box_detections_per_image",)),
     Hyperparameter("tile_grid_size", Kind.GRID, "Tiles per image, COLUMNSxROWS (e.g. 3x2), for small "
                    "objects: trains on the images and their tiles, predicts on both and merges.", None,
                    tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO),
     Hyperparameter("tile_overlap_ratio", Kind.FLOAT, "Overlap of adjacent tiles, a share of the tile size.",
                    0.25, low=0.0, high=1.0, high_exclusive=True, tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO),
     _unit_float("tile_predictions_nms_thresh", "IoU threshold of the NMS merging the predictions of the "
-                "tiles and the whole image.", 0.25, tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO),
+                "tiles and the whole image.", 0.25, tasks=DETECTION_TASKS, models=_DETECTION_NOT_YOLO,
+                aliases=("tile_predictions_nms_threshold",)),
+    # --- instance segmentation ------------------------------------------------------------------
+    _unit_float("mask_pixel_score_threshold", "Mask pixels scoring at least this are the object's, when a "
+                "predicted mask is traced into polygons.", 0.5, tasks=(Task.INSTANCE_SEGMENTATION,)),
+    Hyperparameter("max_number_of_polygon_points", Kind.INT, "Most points of a polygon traced from a "
+                   "predicted mask (simplified until it fits).", 100, low=3, tasks=(Task.INSTANCE_SEGMENTATION,)),
     # --- yolov5 --------------------------------------------------------------------------------
     _positive_int("img_size", "Image size for train and validation (yolov5).", 640,
-                  tasks=(Task.OBJECT_DETECTION,), models=("yolov5",)),
+                  tasks=(Task.OBJECT_DETECTION,), models=("yolov5",), aliases=("image_size",)),
     Hyperparameter("model_size", Kind.CHOICE, "Model size (yolov5).", "medium",
                    choices=("small", "medium", "large", "xlarge"), tasks=(Task.OBJECT_DETECTION,),
-                   models=("yolov5",)),
+                   models=("yolov5",), choice_aliases=(("extra_large", "xlarge"),)),
     Hyperparameter("multi_scale", Kind.FLAG, "Vary image size by +/-50% (yolov5).", 0,
                    tasks=(Task.OBJECT_DETECTION,), models=("yolov5",)),
-    _unit_float("box_iou_thresh", "IoU threshold of NMS (yolov5).", 0.5, tasks=(Task.OBJECT_DETECTION,),
-                models=("yolov5",)),
+    Hyperparameter("apply_mosaic_for_yolo", Kind.FLAG, "Mosaic augmentation (yolov5): each training sample is "
+                   "four images around a random centre (trainer/mosaic.py).", 1,
+                   tasks=(Task.OBJECT_DETECTION,), models=("yolov5",)),
 )
 
 HYPERPARAMETERS: Mapping[str, Hyperparameter] = {hp.name: hp for hp in _REGISTRY}
+ALIASES: Mapping[str, str] = {alias: hp.name for hp in _REGISTRY for alias in hp.aliases}
+
+
+def canonical_name(name: str) -> str:
+    """The registry's name of a setting (`learning_rate_scheduler` → `lr_scheduler`); others unchanged."""
+    return ALIASES.get(name, name)
 
 
 def for_task(task: Task, model_name: str | None = None) -> list[Hyperparameter]:
@@ -323,5 +381,6 @@ def markdown_table() -> str:
     rows = ["| name | tasks | range | default |", "|---|---|---|---|"]
     for hp in _REGISTRY:
         value_range = "see the model list" if hp.name == "model_name" else hp.range_text()
-        rows.append(f"| `{hp.name}` | {_tasks_text(hp)} | {value_range} | {_default_text(hp)} |")
+        name = f"`{hp.name}`" + "".join(f", `{alias}`" for alias in hp.aliases)
+        rows.append(f"| {name} | {_tasks_text(hp)} | {value_range} | {_default_text(hp)} |")
     return "\n".join(rows) + "\n"

@@ -45,6 +45,15 @@ _MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("resnet18", CLASSIFICATION_TASKS, "ResNet-18 (torchvision)", "resnet18", _RESNET_LAYERS),
     ModelInfo("resnet34", CLASSIFICATION_TASKS, "ResNet-34 (torchvision)", "resnet34", _RESNET_LAYERS),
     ModelInfo("resnet50", CLASSIFICATION_TASKS, "ResNet-50 (torchvision)", "resnet50", _RESNET_LAYERS),
+    ModelInfo("resnet101", CLASSIFICATION_TASKS, "ResNet-101 (torchvision)", "resnet101", _RESNET_LAYERS),
+    ModelInfo("resnet152", CLASSIFICATION_TASKS, "ResNet-152 (torchvision)", "resnet152", _RESNET_LAYERS),
+    # ResNeSt (timm's resnest50d and resnest101e, the ones Azure names): timm's ResNet module names.
+    # Their weights are on the Hugging Face hub, which timm downloads from; here the weights cache is
+    # their only source, like seresnext's: no trial reaches another download service.
+    ModelInfo("resnest50", CLASSIFICATION_TASKS, "ResNeSt-50 (timm resnest50d)", freezable_layers=_RESNET_LAYERS,
+              builder="resnest50d", weights_file="resnest50d.pth"),
+    ModelInfo("resnest101", CLASSIFICATION_TASKS, "ResNeSt-101 (timm resnest101e)", freezable_layers=_RESNET_LAYERS,
+              builder="resnest101e", weights_file="resnest101e.pth"),
     ModelInfo("mobilenetv2", CLASSIFICATION_TASKS, "MobileNetV2 (torchvision)", "mobilenet_v2",
               _MOBILENET_LAYERS, aliases=("mobilenet_v2",)),
     # Azure documents seresnext as taking only 224 px; the network itself pools adaptively, but the
@@ -68,10 +77,17 @@ _MODELS: tuple[ModelInfo, ...] = (
               freezable_layers=_DETECTOR_LAYERS),
     ModelInfo("fasterrcnn_resnet18_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-18 FPN (torchvision)",
               freezable_layers=_DETECTOR_LAYERS),
+    ModelInfo("fasterrcnn_resnet101_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-101 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
+    ModelInfo("fasterrcnn_resnet152_fpn", (Task.OBJECT_DETECTION,), "Faster R-CNN ResNet-152 FPN (torchvision)",
+              freezable_layers=_DETECTOR_LAYERS),
     ModelInfo("retinanet_resnet50_fpn", (Task.OBJECT_DETECTION,), "RetinaNet ResNet-50 FPN (torchvision)",
               freezable_layers=_DETECTOR_LAYERS),
     ModelInfo("maskrcnn_resnet50_fpn", (Task.INSTANCE_SEGMENTATION,), "Mask R-CNN ResNet-50 FPN (torchvision)",
               freezable_layers=_DETECTOR_LAYERS),
+    *(ModelInfo(f"maskrcnn_resnet{depth}_fpn", (Task.INSTANCE_SEGMENTATION,),
+                f"Mask R-CNN ResNet-{depth} FPN (torchvision)", freezable_layers=_DETECTOR_LAYERS)
+      for depth in (18, 34, 101, 152)),
 )
 
 MODELS: dict[str, ModelInfo] = {m.name: m for m in _MODELS}

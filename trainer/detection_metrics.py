@@ -18,7 +18,7 @@ ordinary object of its class with IoU >= the threshold; failing that, one that c
 positive; crowd objects are never counted among the objects to find. VOC matching therefore follows
 COCO's (best *unmatched* object) rather than the VOC devkit's (best object, a false positive if
 already taken), and has no per-image detection limit. Coordinates are normalised in the labels
-(`detection_labels.py`) and scaled to pixels here: COCO's small/medium/large are pixel areas.
+(`core/detection_labels.py`) and scaled to pixels here: COCO's small/medium/large are pixel areas.
 
 Both evaluations start from one pass over the images (`_dataset`): boxes in pixels, class indices and,
 for segmentation, each mask run-length encoded and, per image, the masks' IoUs, all computed once.
@@ -31,7 +31,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .detection_labels import DetectionObject
+from automl_images.core.detection_labels import DetectionObject
+
+from .metrics import MAX_PER_CLASS
 
 METRIC_TYPES = ("voc", "coco", "coco_voc")
 VOC_IOU = 0.5
@@ -264,8 +266,18 @@ def _voc(data: _Dataset, score_threshold: float, iou_threshold: float) -> dict[s
         "voc_map": float(np.mean(aps)) if aps else 0.0,
         "precision": float(np.mean(precisions)) if precisions else 0.0,
         "recall": float(np.mean(recalls)) if recalls else 0.0,
-        "per_class": per_class,
+        **_listed(per_class),
     }
+
+
+def _listed(per_class: dict[str, dict[str, float | None]]) -> dict[str, Any]:
+    """`per_class` for at most MAX_PER_CLASS classes, those of lowest AP when there are more (ties:
+    class order), and how many were left out: bounded epoch files, as for classification."""
+    if len(per_class) <= MAX_PER_CLASS:
+        return {"per_class": per_class}
+    worst = set(sorted(per_class, key=lambda cls: per_class[cls]["average_precision"])[:MAX_PER_CLASS])
+    return {"per_class": {cls: row for cls, row in per_class.items() if cls in worst},
+            "per_class_omitted": len(per_class) - MAX_PER_CLASS}
 
 
 def voc(images: Sequence[ImageResult], *, segmentation: bool = False, score_threshold: float = 0.3,
@@ -363,12 +375,13 @@ def coco(images: Sequence[ImageResult], *, segmentation: bool = False) -> dict[s
 
 
 def detection_metrics(images: Sequence[ImageResult], metric_type: str = "voc", *, segmentation: bool = False,
-                      score_threshold: float = 0.3) -> dict[str, Any]:
-    """Every metric of `metric_type` (see the module docstring), with `mean_average_precision`."""
+                      score_threshold: float = 0.3, iou_threshold: float = VOC_IOU) -> dict[str, Any]:
+    """Every metric of `metric_type` (see the module docstring), with `mean_average_precision`;
+    `iou_threshold`: the VOC metrics' (Azure's validation_iou_threshold; COCO's are its own)."""
     if metric_type not in METRIC_TYPES:
         raise ValueError(f"metric type must be one of {', '.join(METRIC_TYPES)}, got {metric_type!r}")
     data = _dataset(images, segmentation)
-    out: dict[str, Any] = _voc(data, score_threshold, VOC_IOU)
+    out: dict[str, Any] = _voc(data, score_threshold, iou_threshold)
     if metric_type in ("coco", "coco_voc"):
         out.update(_coco(data))
     if metric_type == "coco":

@@ -20,10 +20,11 @@ def polygon_mask(polygons: Sequence[Sequence[float]], width: int, height: int) -
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def mask_polygons(mask: np.ndarray, width: int, height: int) -> list[list[float]]:
+def mask_polygons(mask: np.ndarray, width: int, height: int, max_points: int | None = None) -> list[list[float]]:
     """The outlines of a boolean HxW mask's regions, as normalised flat x, y lists: each region's
     outer boundary along the pixel edges, straight runs merged into one segment. Holes are left
-    out: the JSONL's polygons are a union, so a hole cannot be written as one."""
+    out: the JSONL's polygons are a union, so a hole cannot be written as one. `max_points`
+    (Azure's max_number_of_polygon_points): each polygon simplified to at most that many points."""
     mask = np.asarray(mask, dtype=bool)
     inside = np.pad(mask, 1)
     # Boundary edges between a pixel inside and its neighbour outside, directed so that the inside
@@ -55,8 +56,23 @@ def mask_polygons(mask: np.ndarray, width: int, height: int) -> list[list[float]
             point = end
         corners = _corners(loop)
         if len(corners) >= 3 and _signed_area(corners) > 0:  # clockwise on screen: an outer boundary
+            if max_points is not None:
+                corners = simplify(corners, max_points)
             polygons.append([v for x, y in corners for v in (x / width, y / height)])
     return polygons
+
+
+def simplify(points: list[tuple[int, int]], max_points: int) -> list[tuple[int, int]]:
+    """The polygon with at most `max_points` (3 or more) points: Visvalingam-Whyatt, dropping the
+    point whose triangle with its neighbours has the least area, one at a time, so that the
+    shape's salient corners stay."""
+    kept = np.asarray(points, dtype=np.float64)
+    while len(kept) > max(3, max_points):
+        before, after = np.roll(kept, 1, axis=0), np.roll(kept, -1, axis=0)
+        areas = np.abs((before[:, 0] - kept[:, 0]) * (after[:, 1] - kept[:, 1])
+                       - (after[:, 0] - kept[:, 0]) * (before[:, 1] - kept[:, 1]))
+        kept = np.delete(kept, int(np.argmin(areas)), axis=0)
+    return [(int(x), int(y)) for x, y in kept]
 
 
 def _corners(loop: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -10,6 +10,9 @@ so the cache is their only source: a state dict of the architecture built here (
 `ModelInfo.weights_file` (`seresnext50_32x4d.pth`, `vit_s_16.pth`). timm's `seresnext50_32x4d`
 has the same module names: its state dict, saved with torch.save, loads as it is (checked: strict
 load, identical outputs). timm's ViT-S names its modules differently and needs converting.
+
+Every weight file is loaded by `weights.py`: no pickled code runs, and the hash that torchvision's
+file names publish is checked.
 """
 from __future__ import annotations
 
@@ -55,7 +58,17 @@ def vit_s_16(num_classes: int = 1000):
                              mlp_dim=1536, num_classes=num_classes)
 
 
-_BUILDERS: dict[str, Callable] = {"se_resnext50_32x4d": se_resnext50_32x4d, "vit_s_16": vit_s_16}
+def _timm(name: str) -> Callable:
+    """timm's architecture `name`, untrained (its own pretrained weights would be a download)."""
+    def build(num_classes: int = 1000):
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return build
+
+
+_BUILDERS: dict[str, Callable] = {"se_resnext50_32x4d": se_resnext50_32x4d, "vit_s_16": vit_s_16,
+                                  "resnest50d": _timm("resnest50d"), "resnest101e": _timm("resnest101e")}
 
 
 def build_classifier(name: str, num_classes: int, pretrained: bool, weights_cache: str | None = None):
@@ -96,12 +109,12 @@ def _pretrained_state_dict(info: ModelInfo, weights_cache: str | None):
 
 def load_weights(file_name: str | None, weights_cache: str | None, model_name: str, weights_enum=None):
     """A state dict from the weights cache (a folder or a bucket prefix) when the file is there,
-    else from torchvision's own download of `weights_enum` (which needs the network; its file name
-    is the one looked up when `file_name` is None). Without `weights_enum` there is no download:
-    ValueError when the file is not in the cache."""
-    import io
-
-    import torch
+    else from torchvision's download of `weights_enum` through torch.hub's cache (which needs the
+    network the first time; its file name is the one looked up when `file_name` is None). Without
+    `weights_enum` there is no download: ValueError when the file is not in the cache. Loaded by
+    `weights` (no code runs, the name's published hash is checked): a weights-cache file that fails
+    is a WeightsError (a ValueError naming it), never replaced by a download, as it is the user's."""
+    from . import weights
 
     file_name = file_name or os.path.basename(weights_enum.url)
     cache = weights_cache or os.environ.get(WEIGHTS_CACHE_ENV)
@@ -110,12 +123,12 @@ def load_weights(file_name: str | None, weights_cache: str | None, model_name: s
 
         store = Storage(cache)
         if store.exists(file_name):
-            return torch.load(io.BytesIO(store.read_bytes(file_name)), map_location="cpu", weights_only=True)
+            return weights.load_published(store.read_bytes(file_name), file_name, store.url(file_name))
     if weights_enum is None:
         raise ValueError(f"pretrained weights for {model_name} have no download source: put {file_name} (a "
                          f"state dict of this architecture) in the weights cache "
                          f"({cache or f'not set: weights_cache or ${WEIGHTS_CACHE_ENV}'}), or set pretrained=0")
-    return weights_enum.get_state_dict(progress=False)
+    return weights.from_torch_hub(weights_enum.url)
 
 
 def weights_download_error(model_name: str, weights_cache: str | None, exc: OSError) -> ConnectionError:

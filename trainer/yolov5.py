@@ -19,12 +19,13 @@ What matches YOLOv5 v6.0+:
   more than one class, as YOLOv5); objectness balance 4.0/1.0/0.4 over P3/P4/P5; gains box 0.05,
   obj 1.0 * (img_size / 640)^2, cls 0.5 * classes / 80, each times 3 / layers.
 - inference: confidence = objectness * class probability, every class above box_score_thresh per
-  box, class-aware NMS at box_iou_thresh, at most 300 detections per image (boxes are clipped to the
+  box, class-aware NMS at box_nms_thresh, at most 300 detections per image (boxes are clipped to the
   image before NMS, as in torchvision's detectors; YOLOv5 clips after).
 
 What differs: the model letterboxes inside (inputs are lists of [0, 1] images of their own sizes, as
 for torchvision's detectors), placing each image at the top left of the padded batch; the loss is
-NOT multiplied by the batch size (see YOLOv5Loss); there is no EMA, mosaic or anchor evolution.
+NOT multiplied by the batch size (see YOLOv5Loss); there is no EMA or anchor evolution. Mosaic
+augmentation (apply_mosaic_for_yolo) is made by the training set (`mosaic.py`).
 """
 from __future__ import annotations
 
@@ -320,8 +321,9 @@ class YOLOv5(nn.Module):
 
     def training_size(self) -> int:
         """The long side for this batch: with multi_scale, a multiple of 32 in [0.5, 1.5] * img_size,
-        drawn from torch's global generator so that seeding torch repeats it."""
-        if not self.multi_scale:
+        drawn from torch's global generator so that seeding torch repeats it. Without gradients (the
+        validation loss, engine.validation_loss) nothing trains: img_size, as evaluation runs."""
+        if not self.multi_scale or not torch.is_grad_enabled():
             return self.img_size
         stride = STRIDES[-1]
         low, high = max(stride, int(self.img_size * 0.5)), int(self.img_size * 1.5)
@@ -385,4 +387,5 @@ def build_yolov5(num_classes: int, hyperparameters: Mapping[str, Any]) -> nn.Mod
     return YOLOv5(num_classes, depth_multiple, width_multiple, int(hyperparameters.get("img_size", 640)),
                   multi_scale=bool(int(hyperparameters.get("multi_scale", 0))),
                   score_thresh=float(hyperparameters.get("box_score_thresh", 0.1)),
-                  iou_thresh=float(hyperparameters.get("box_iou_thresh", 0.5)))
+                  # box_iou_thresh: the name of jobs accepted before it became box_nms_thresh
+                  iou_thresh=float(hyperparameters.get("box_nms_thresh", hyperparameters.get("box_iou_thresh", 0.5))))

@@ -8,11 +8,11 @@ import random
 
 import numpy as np
 import pytest
+from coco_reference import pycocotools_stats
 
 from automl_images.controller import cli
-from automl_images.trainer.detection_labels import DetectionObject
+from automl_images.core.detection_labels import DetectionObject
 from automl_images.trainer.detection_metrics import ImageResult, coco, detection_metrics, voc
-from coco_reference import pycocotools_stats
 
 CLASSES = ("can", "carton", "milk")
 
@@ -299,3 +299,21 @@ def test_cli_detection_problems_and_image_size_from_the_file(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["coco_map"] == pytest.approx(1.0)
     assert cli.main(["evaluate", "--task", "image-object-detection", "--labels", labels,
                      "--predictions", predictions, "--metric-type", "none"]) == 2
+
+
+def test_per_class_detail_is_capped_at_the_classes_of_lowest_ap():
+    """10,000 classes: the epoch's metrics file lists the MAX_PER_CLASS classes of lowest AP (where to
+    look) and counts the others; mAP is still over every class."""
+    from automl_images.core.storage import json_bytes
+    from automl_images.trainer.metrics import MAX_PER_CLASS
+
+    k = 10_000
+    box = (0.1, 0.1, 0.5, 0.5)
+    images = [ImageResult(64, 64, [DetectionObject(f"c{i:05d}", box)],
+                          [DetectionObject(f"c{i:05d}", box, score=0.9)] if i % 4 else [])  # every 4th missed
+              for i in range(k)]
+    out = detection_metrics(images, "voc")
+    assert out["mean_average_precision"] == pytest.approx(0.75)
+    assert len(out["per_class"]) == MAX_PER_CLASS and out["per_class_omitted"] == k - MAX_PER_CLASS
+    assert list(out["per_class"]) == [f"c{i:05d}" for i in range(0, 4 * MAX_PER_CLASS, 4)]  # AP 0, class order
+    assert len(json_bytes(out)) < 100_000

@@ -1,7 +1,7 @@
 """Object detection and instance segmentation: torchvision's Faster R-CNN, RetinaNet and Mask R-CNN,
 the pieces the one training loop needs (labels, model, loss, evaluator, collate, transforms).
 
-Labels are parsed by `detection_labels.py` (normalised boxes, polygons, isCrowd). A target is a dict
+Labels are parsed by `core/detection_labels.py` (normalised boxes, polygons, isCrowd). A target is a dict
 made per image once it is decoded (`DetectionTransform`): `boxes` (tv_tensors.BoundingBoxes, XYXY
 pixels), `labels` (class index + 1: 0 is the background), `iscrowd`, `masks` (segmentation:
 tv_tensors.Mask rasterised from the polygons), `size` (height, width) and the label's `objects`
@@ -24,12 +24,12 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
+from automl_images.core.detection_labels import DetectionLabel, DetectionObject, parser
 from automl_images.core.hyperparameters import PRIMARY_METRICS, Task
 from automl_images.core.trial_spec import SpecError
 
-from .. import engine, models, tiling
+from .. import engine, models, mosaic, tiling
 from ..data import ImageDataset, Sample, image_size, open_image
-from ..detection_labels import DetectionLabel, DetectionObject, parser
 from ..detection_metrics import ImageResult, detection_metrics
 from ..masks import mask_polygons, polygon_mask
 
@@ -38,10 +38,18 @@ DETECTORS = {
     "fasterrcnn_resnet50_fpn": ("fasterrcnn_resnet50_fpn", None, False),
     "fasterrcnn_resnet34_fpn": ("FasterRCNN", "resnet34", False),
     "fasterrcnn_resnet18_fpn": ("FasterRCNN", "resnet18", False),
+    "fasterrcnn_resnet101_fpn": ("FasterRCNN", "resnet101", False),
+    "fasterrcnn_resnet152_fpn": ("FasterRCNN", "resnet152", False),
     "retinanet_resnet50_fpn": ("retinanet_resnet50_fpn", None, False),
     "maskrcnn_resnet50_fpn": ("maskrcnn_resnet50_fpn", None, True),
+    "maskrcnn_resnet18_fpn": ("MaskRCNN", "resnet18", True),
+    "maskrcnn_resnet34_fpn": ("MaskRCNN", "resnet34", True),
+    "maskrcnn_resnet101_fpn": ("MaskRCNN", "resnet101", True),
+    "maskrcnn_resnet152_fpn": ("MaskRCNN", "resnet152", True),
 }
-MASK_THRESHOLD = 0.5      # a predicted mask's probability that makes a pixel part of it
+# A predicted mask's probability that makes a pixel part of it: Azure's mask_pixel_score_threshold
+# default, for jobs accepted before it was a setting
+MASK_THRESHOLD = 0.5
 # Backbone layers frozen when starting from pretrained weights and no layers_to_freeze is set:
 # conv1 and layer1, as torchvision's builders do (3 trainable layers).
 PRETRAINED_FROZEN_LAYERS = 2
@@ -78,7 +86,7 @@ def build_detector(name: str, num_classes: int, hp: Mapping[str, Any], pretraine
     if depth is not None:
         backbone = resnet_fpn_backbone(backbone_name=depth, weights=None, norm_layer=torch.nn.BatchNorm2d,
                                        trainable_layers=5)
-        model = torchvision.models.detection.FasterRCNN(backbone, num_classes=num_classes + 1, **options)
+        model = getattr(torchvision.models.detection, builder)(backbone, num_classes=num_classes + 1, **options)
     else:
         build = getattr(torchvision.models.detection, builder)
         model = build(weights=None, weights_backbone=None, num_classes=num_classes + 1, **options)
@@ -122,7 +130,8 @@ class DetectionTransform:
     crops image and target to that tile first; `train` adds torchvision's photometric distortion
     (brightness, contrast, saturation, hue) and the horizontal flip, applied to the image, its boxes
     and masks together. Tile targets carry no `size` and `objects`: those are the
-    whole image's, for the evaluator, and tiles are for training only."""
+    whole image's, for the evaluator, and tiles are for training only. `decode` and `finish` are
+    its two halves, for what is made between them (a mosaic)."""
 
     def __init__(self, train: bool, segmentation: bool):
         self.segmentation = segmentation
@@ -132,6 +141,15 @@ class DetectionTransform:
 
     def __call__(self, image: Image.Image, encoded: tuple[DetectionLabel, Mapping[str, int]],
                  region: tiling.Region | None = None):
+        tensor, target = self.finish(*self.decode(image, encoded, region))
+        if region is None:
+            target["size"] = torch.tensor([image.height, image.width])
+            target["objects"] = encoded[0].objects
+        return tensor, target
+
+    def decode(self, image: Image.Image, encoded: tuple[DetectionLabel, Mapping[str, int]],
+               region: tiling.Region | None = None) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """The uint8 image and its target (pixel boxes, labels, isCrowd, masks), cropped to `region`."""
         label, class_index = encoded
         width, height = image.size
         objects = label.objects
@@ -150,11 +168,12 @@ class DetectionTransform:
         if region is not None:
             tensor, target = tiling.crop_to_tile(tensor, target, region)
             tensor = tv_tensors.Image(tensor)
+        return tensor, target
+
+    def finish(self, tensor: tv_tensors.Image, target: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Training's augmentation, then the float image."""
         if self.augment is not None:
             tensor, target = self.augment(tensor, target)
-        if region is None:
-            target["size"] = torch.tensor([height, width])
-            target["objects"] = objects
         return self.to_float(tensor).as_subclass(torch.Tensor), target
 
 
@@ -192,6 +211,24 @@ class DetectionDataset(ImageDataset):
         return self.transform(image, self.targets[sample_index], region)
 
 
+class MosaicDataset(DetectionDataset):
+    """yolov5's training set with apply_mosaic_for_yolo: every sample is the mosaic (`mosaic.py`)
+    of its image and three drawn at random, `size` pixels square, then augmented as any training
+    sample. The draws are seeded per (epoch, index) like every augmentation (data.ImageDataset).
+    Every sample has one shape, so there are no aspect-ratio groups."""
+
+    def __init__(self, samples: Sequence[Sample], targets: Sequence[Any], transform: DetectionTransform,
+                 size: int, seed: int = 0, min_size: int | None = None):
+        super().__init__(samples, targets, transform, seed, min_size)
+        self.size = size
+
+    def _item(self, index: int):
+        others, centre = mosaic.draw(len(self.samples), self.size)
+        pieces = [self.transform.decode(open_image(self.samples[i].path, self.min_size), self.targets[i])
+                  for i in (index, *others)]
+        return self.transform.finish(*mosaic.combine(pieces, self.size, centre))
+
+
 def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Images of different sizes and their targets, as lists."""
     return [image for image, _ in batch], [target for _, target in batch]
@@ -207,12 +244,17 @@ class DetectionLoss(torch.nn.Module):
 
     def forward(self, model: torch.nn.Module, images: list[torch.Tensor],
                 targets: list[dict[str, Any]]) -> torch.Tensor:
+        return sum(self.parts(model, images, targets).values())
+
+    def parts(self, model: torch.nn.Module, images: list[torch.Tensor],
+              targets: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """The model's losses by name (e.g. loss_classifier, loss_box_reg), in float32; the model in
+        training mode (engine.validation_loss for the validation images)."""
         kept = []
         for target in targets:
             keep = ~target["iscrowd"]
             kept.append({k: torch.as_tensor(target[k])[keep] for k in _MODEL_TARGET_KEYS if k in target})
-        losses = model(images, kept)
-        return sum(loss.float() for loss in losses.values())
+        return {name: loss.float() for name, loss in model(images, kept).items()}
 
 
 def _prediction_objects(output: Mapping[str, torch.Tensor], labels: Sequence[str], height: int,
@@ -231,11 +273,13 @@ class DetectionEvaluator:
     """Collects a validation pass's detections, then computes `detection_metrics`."""
 
     def __init__(self, labels: Sequence[str], metric_type: str = "voc", segmentation: bool = False,
-                 score_threshold: float = 0.3):
+                 score_threshold: float = 0.3, iou_threshold: float = 0.5, mask_threshold: float = MASK_THRESHOLD):
         self.labels = list(labels)
         self.metric_type = metric_type
         self.segmentation = segmentation
         self.score_threshold = score_threshold
+        self.iou_threshold = iou_threshold      # validation_iou_threshold: the VOC metrics' match
+        self.mask_threshold = mask_threshold    # mask_pixel_score_threshold
         self.images: list[ImageResult] = []
 
     def update(self, outputs: Sequence[Mapping[str, torch.Tensor]], targets: Sequence[Mapping[str, Any]]) -> None:
@@ -246,14 +290,14 @@ class DetectionEvaluator:
             masks = None
             if self.segmentation:
                 kept = [i for i, label in enumerate(output["labels"].tolist()) if 1 <= label <= len(self.labels)]
-                masks = [(output["masks"][i, 0] >= MASK_THRESHOLD).numpy().astype(np.uint8) for i in kept]
+                masks = [(output["masks"][i, 0] >= self.mask_threshold).numpy().astype(np.uint8) for i in kept]
             self.images.append(ImageResult(width, height, tuple(target["objects"]), predicted, masks))
 
     def compute(self) -> dict[str, Any]:
         if self.metric_type == "none":  # Azure's setting for training without validation figures
             return {PRIMARY_METRICS[Task.OBJECT_DETECTION][0]: None}
         return detection_metrics(self.images, self.metric_type, segmentation=self.segmentation,
-                                 score_threshold=self.score_threshold)
+                                 score_threshold=self.score_threshold, iou_threshold=self.iou_threshold)
 
 
 class DetectionAdapter:
@@ -292,7 +336,13 @@ class DetectionAdapter:
     def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], *, train: bool,
                 seed: int = 0) -> DetectionDataset:
         """Float images of their own sizes (the models resize and normalise them); training adds the
-        tiles, evaluation runs on the whole images (`inference_model` tiles them)."""
+        tiles, evaluation runs on the whole images (`inference_model` tiles them). yolov5 trains on
+        mosaics unless apply_mosaic_for_yolo is 0 (.get: jobs accepted before it was a setting ran
+        without)."""
+        hp = self.hyperparameters
+        if train and hp["model_name"] == "yolov5" and int(hp.get("apply_mosaic_for_yolo", 0)):
+            return MosaicDataset(samples, targets, DetectionTransform(train, self.segmentation), int(hp["img_size"]),
+                                 seed=seed, min_size=self.decode_size)
         return DetectionDataset(samples, targets, DetectionTransform(train, self.segmentation), seed=seed,
                                 min_size=self.decode_size, tiles=self.tiles if train else None, grouped=train)
 
@@ -349,8 +399,11 @@ class DetectionAdapter:
         return DetectionLoss()
 
     def evaluator(self, labels: Sequence[str], loss: torch.nn.Module) -> DetectionEvaluator:
-        return DetectionEvaluator(labels, self.hyperparameters["validation_metric_type"], self.segmentation,
-                                  float(self.hyperparameters["box_score_thresh"]))
+        hp = self.hyperparameters
+        # .get: jobs accepted before these were settings ran with the defaults
+        return DetectionEvaluator(labels, hp["validation_metric_type"], self.segmentation,
+                                  float(hp["box_score_thresh"]), float(hp.get("validation_iou_threshold", 0.5)),
+                                  float(hp.get("mask_pixel_score_threshold", MASK_THRESHOLD)))
 
     # -- inference ---------------------------------------------------------------------------------
     def inputs(self, images: Sequence[Image.Image], info: Mapping[str, Any]) -> list[torch.Tensor]:
@@ -359,8 +412,10 @@ class DetectionAdapter:
 
     def predictions(self, outputs: Sequence[Mapping[str, torch.Tensor]], labels: Sequence[str],
                     info: Mapping[str, Any], sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        """Per image, the training JSONL's `label` with a score per object (what `evaluate` reads);
-        `sizes`: (height, width) of each input."""
+        """Per image, the training JSONL's `label` with a score per object (what `evaluate` reads,
+        and a label file as it stands); `sizes`: (height, width) of each input. Segmentation objects
+        add `polygon`; one whose mask has no pixel at or above MASK_THRESHOLD is left out, since
+        neither a label file nor `evaluate` takes an object without a polygon."""
         out = []
         for output, (height, width) in zip(outputs, sizes):
             output = {k: v.detach().cpu() for k, v in output.items()}
@@ -369,8 +424,11 @@ class DetectionAdapter:
                       "bottomY": o.box[3], "score": o.score} for o in objects]
             if self.segmentation:
                 kept = [i for i, label in enumerate(output["labels"].tolist()) if 1 <= label <= len(labels)]
+                threshold = self.hyperparameters.get("mask_pixel_score_threshold", MASK_THRESHOLD)
                 for line, i in zip(lines, kept):
-                    line["polygon"] = mask_polygons(output["masks"][i, 0] >= MASK_THRESHOLD, width, height)
+                    line["polygon"] = mask_polygons(output["masks"][i, 0] >= threshold, width, height,
+                                                    self.hyperparameters.get("max_number_of_polygon_points"))
+                lines = [line for line in lines if line["polygon"]]
             out.append({"label": lines})
         return out
 
