@@ -1,51 +1,49 @@
-"""Training data: the JSONL annotation files, the train/validation split, and the images.
+"""Training data: the images of the JSONL annotation files, fetched, checked and decoded.
 
-A JSONL file holds one JSON object per line (Azure ML AutoML for Images' format):
-
-    {"image_url": "images/cat_01.png", "image_details": {"format": "png", "width": "32px", "height": "32px"},
-     "label": "cat"}
-
-`image_url` is one of:
-- a path relative to the JSONL file's folder (it may not leave that folder),
-- an absolute path or an fsspec URL (s3://, gs://, file://, https://),
-- an Azure datastore reference, `AmlDatastore://<name>/<path>` or `azureml://datastores/<name>/paths/<path>`,
-  mapped through the job file's `datastores: {name: root_url}`.
-
-`image_details` is optional; when present its fields are checked (a format name, sizes as 499 or
-"499px"), and a stated size or format that differs from the image's is a warning in the trial's
-status, not a failure. What `label` holds depends on the task; the task adapter parses it.
+The files are read, and each line checked, by `automl_images.core.annotations` (torch-free: the
+controller's `check-data` applies the same rules); the split of a job without validation data is
+`automl_images.core.split`'s. The names the trainer uses from them are re-exported here.
 
 Every image is fetched and decoded once, before training, so that a missing, corrupt or oversized
 image is reported with its file and line up front instead of crashing epoch 7. Remote images are
-fetched in parallel into a local disk cache, so every epoch reads local files.
+fetched in parallel into a local disk cache, so every epoch reads local files; web URLs that point
+into a private network are refused unless the job allows them (`core/addresses.py`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
-import random
-import re
 import tempfile
 import threading
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Iterable, Mapping, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from automl_images.core import jsonl
-from automl_images.core.problems import Problems
+from automl_images.core import addresses
+from automl_images.core.annotations import (
+    MAX_IMAGE_PIXELS,
+    DataError,
+    ImageDetails,
+    Record,
+    check_class_count,
+    check_known_classes,
+    details_problem,
+    read_jsonl,
+)
 from automl_images.core.seeds import augmentation_seed
-from automl_images.core.storage import filesystem, is_url, join, resolve, with_retries
+from automl_images.core.split import split
+from automl_images.core.storage import filesystem, is_url, with_retries
 
-# A decompression bomb (a tiny PNG that decodes to gigapixels) must fail as a bad image, not take
-# the machine's memory. Checked from the header before decoding (PIL itself only refuses twice
-# this many pixels, and merely warns between the two).
-MAX_IMAGE_PIXELS = 64_000_000
+__all__ = ["DataError", "ImageDetails", "Record", "check_class_count", "check_known_classes", "read_jsonl",
+           "split", "Sample", "SkippedImage", "fetch_images", "open_image", "image_size", "check_bad_images",
+           "ImageDataset", "to_rgb", "FETCH_STATS", "image_cache_dir"]
+
+# Checked from the header before decoding (PIL itself only refuses twice this many pixels, and
+# merely warns between the two).
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 
 # Environment variable naming the local folder where remote images are cached (shared by the trials
@@ -54,41 +52,6 @@ IMAGE_CACHE_ENV = "AUTOML_IMAGES_IMAGE_CACHE"
 
 # Fetching is mostly waiting on storage, and PIL releases the GIL while decoding.
 FETCH_THREADS = 16
-
-
-# Azure datastore references: the v1 form, and the v2 URI (short, or long with the workspace).
-_AML_DATASTORE = re.compile(r"^amldatastore://(?P<name>[^/]*)/?(?P<path>.*)$", re.IGNORECASE)
-_AZUREML_URI = re.compile(r"^azureml://(?:.*/)?datastores/(?P<name>[^/]+)/paths/(?P<path>.*)$", re.IGNORECASE)
-
-# image_details.format names that PIL reports otherwise.
-_FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "jfif": "jpeg", "mpo": "jpeg", "tif": "tiff"}
-_SIZE = re.compile(r"^\s*(\d+)\s*(?:px)?\s*$", re.IGNORECASE)
-
-
-class DataError(ValueError):
-    """Training data the trainer cannot use; the message names the file, the line and the field."""
-
-
-@dataclass(frozen=True)
-class ImageDetails:
-    """A line's `image_details`, checked; any field may be absent."""
-    format: str | None = None     # lower case, aliases folded: "jpeg", "png", ...
-    width: int | None = None
-    height: int | None = None
-
-
-@dataclass(frozen=True)
-class Record:
-    """One line of a JSONL file."""
-    source: str        # the JSONL file
-    line: int          # 1-based line number in `source`
-    image_url: str     # resolved: an absolute path or a URL
-    label: Any         # as parsed by the task adapter
-    details: ImageDetails | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -109,159 +72,6 @@ class Sample:
     record: Record
     path: str
     warning: str | None = None
-
-
-# -- annotation files ------------------------------------------------------------------------------
-
-def read_jsonl(url: str, parse_label: Callable[[Any], Any],
-               datastores: Mapping[str, str] | None = None) -> list[Record]:
-    """Parse a JSONL file. `parse_label` turns a line's `label` into the task's label and raises
-    ValueError (its message says what is wrong) when it cannot. `datastores` maps Azure datastore
-    names to root URLs. Blank lines are skipped; every bad line is listed in one DataError."""
-    problems = Problems(DataError)
-    records: list[Record] = []
-    for line in jsonl.read_objects(url, problems):
-        try:
-            records.append(_record(line, parse_label, datastores or {}))
-        except _FieldError as exc:
-            problems.add(line.where, exc.field, exc.message)
-    problems.raise_if_any()
-    if not records:
-        raise DataError(f"{url}: no records (the file is empty)")
-    return records
-
-
-class _FieldError(Exception):
-    """What is wrong with one field of a line (read_jsonl adds where)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-        self.message = message
-
-
-def _record(line: jsonl.JsonLine, parse_label: Callable[[Any], Any], datastores: Mapping[str, str]) -> Record:
-    obj = line.value
-    reference = obj.get("image_url")
-    if reference is None:
-        raise _FieldError("image_url", "missing")
-    if not isinstance(reference, str) or not reference.strip():
-        raise _FieldError("image_url", f"must be a non-empty string, got {reference!r}")
-    image_url = _image_url(reference.strip(), line.source, datastores)
-
-    details = obj.get("image_details")
-    if details is not None:
-        details = _parse_details(details)
-
-    if "label" not in obj or obj["label"] is None:
-        raise _FieldError("label", "missing")
-    try:
-        label = parse_label(obj["label"])
-    except ValueError as exc:
-        raise _FieldError("label", str(exc)) from None
-    return Record(line.source, line.number, image_url, label, details)
-
-
-def _image_url(reference: str, jsonl_url: str, datastores: Mapping[str, str]) -> str:
-    """The absolute path or URL that `reference` names."""
-    datastore = _AML_DATASTORE.match(reference) or _AZUREML_URI.match(reference)
-    if datastore:
-        name, path = datastore.group("name"), datastore.group("path")
-        if name not in datastores:
-            known = f"known: {', '.join(sorted(datastores))}" if datastores else "the job file maps none"
-            raise _FieldError("image_url", f"unknown datastore {name!r} in {reference!r} ({known}; "
-                                           f"add it to the job file: `datastores: {{{name}: s3://bucket/prefix}}`)")
-        inside = _inside(path)
-        if inside is None:
-            raise _FieldError("image_url", f"{reference!r} leaves the root of datastore {name!r}")
-        return join(resolve(datastores[name], jsonl_url), inside)
-    if is_url(reference) or reference.startswith("/"):
-        return reference
-    # A relative path stays inside the JSONL's folder: a shared annotation file must not be able to
-    # read arbitrary files of the machine that trains on it.
-    if _inside(reference) is None:
-        raise _FieldError("image_url", f"{reference!r} leaves the folder of the JSONL file (use an "
-                                       "absolute path or URL instead)")
-    return resolve(reference, jsonl_url)
-
-
-def _inside(path: str) -> str | None:
-    """`path` normalised, or None when it climbs out of its folder with '..'."""
-    normalized = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
-    if normalized == ".." or normalized.startswith("../"):
-        return None
-    return "" if normalized == "." else normalized
-
-
-def _parse_details(details: Any) -> ImageDetails:
-    if not isinstance(details, dict):
-        raise _FieldError("image_details", f"must be an object, got {details!r}")
-    fmt = details.get("format")
-    if fmt is not None:
-        if not isinstance(fmt, str) or not fmt.strip():
-            raise _FieldError("image_details.format", f"must be a format name such as \"jpg\", got {fmt!r}")
-        fmt = fmt.strip().lower().lstrip(".")
-        fmt = _FORMAT_ALIASES.get(fmt, fmt)
-    sizes = {}
-    for name in ("width", "height"):
-        value = details.get(name)
-        if value is None:
-            sizes[name] = None
-            continue
-        number = None
-        if isinstance(value, int) and not isinstance(value, bool):
-            number = value
-        elif isinstance(value, float) and value.is_integer():
-            number = int(value)
-        elif isinstance(value, str) and _SIZE.match(value):
-            number = int(_SIZE.match(value).group(1))
-        if number is None or number <= 0:
-            raise _FieldError(f"image_details.{name}", f"must be a positive number of pixels such as 499 "
-                                                       f"or \"499px\", got {value!r}")
-        sizes[name] = number
-    return ImageDetails(fmt, sizes["width"], sizes["height"])
-
-
-def split(records: Sequence[Record], ratio: float, seed: int,
-          key: Callable[[Record], Any]) -> tuple[list[Record], list[Record]]:
-    """Split off `ratio` of the records for validation, class by class (`key` gives a record's
-    stratum), so that every class keeps at least one training record. Seeded: the same records and
-    seed always give the same split, which resuming a trial relies on."""
-    by_key: dict[Any, list[Record]] = defaultdict(list)
-    for record in records:
-        by_key[key(record)].append(record)
-    rng = random.Random(seed)
-    train: list[Record] = []
-    validation: list[Record] = []
-    # Sorted keys: dict order would follow the file, and the split must only depend on the seed.
-    for stratum in sorted(by_key, key=repr):
-        group = list(by_key[stratum])
-        rng.shuffle(group)
-        n_validation = min(round(len(group) * ratio), len(group) - 1)
-        validation.extend(group[:n_validation])
-        train.extend(group[n_validation:])
-    if not validation:
-        # Tiny data where every class rounds down to zero: take one record of the largest class.
-        largest = max(by_key.values(), key=len)
-        if len(largest) < 2:
-            raise DataError(f"{records[0].source}: {len(records)} record(s) are too few to split off "
-                            f"a validation set; give validation data or more records")
-        moved = next(r for r in train if r in largest)
-        train.remove(moved)
-        validation.append(moved)
-    order = {id(r): i for i, r in enumerate(records)}
-    return sorted(train, key=lambda r: order[id(r)]), sorted(validation, key=lambda r: order[id(r)])
-
-
-def check_known_classes(validation: Iterable[Record], known: set[str],
-                        classes_of: Callable[[Any], Iterable[str]]) -> None:
-    """Every class of the validation data must occur in the training data: the model has no output
-    for a class it never saw."""
-    for record in validation:
-        for name in classes_of(record.label):
-            if name not in known:
-                raise DataError(f"{record.where}: field 'label': class {name!r} does not occur in the "
-                                f"training data")
 
 
 # -- images ----------------------------------------------------------------------------------------
@@ -347,37 +157,27 @@ def _check_image(path: str, details: ImageDetails | None) -> str | None:
         if image.format == "JPEG":
             image.draft(None, (1, 1))
         to_rgb(image)
-    if details is None:
-        return None
-    problems = []
-    stated = (details.width, details.height)
-    if None not in stated and stated != size and stated != size[::-1]:
-        problems.append(f"image_details says {stated[0]}x{stated[1]}, the image is {size[0]}x{size[1]}")
-    elif details.width is not None and details.height is None and details.width not in size:
-        problems.append(f"image_details says width {details.width}, the image is {size[0]}x{size[1]}")
-    elif details.height is not None and details.width is None and details.height not in size:
-        problems.append(f"image_details says height {details.height}, the image is {size[0]}x{size[1]}")
-    fmt = _FORMAT_ALIASES.get(fmt, fmt)
-    if details.format is not None and fmt and details.format != fmt:
-        problems.append(f"image_details says format {details.format!r}, the image is {fmt!r}")
-    return "; ".join(problems) or None
+    return details_problem(details, size, fmt)
 
 
-def fetch_images(records: Sequence[Record], cache_dir: str | None = None,
-                 threads: int = FETCH_THREADS, check: bool = True) -> tuple[list[Sample], list[SkippedImage]]:
+def fetch_images(records: Sequence[Record], cache_dir: str | None = None, threads: int = FETCH_THREADS,
+                 check: bool = True, allow_private: bool = False) -> tuple[list[Sample], list[SkippedImage]]:
     """Fetch (remote images into the local cache, in parallel) and decode every record's image once.
     Returns the samples whose image decoded, in record order, and the skipped ones with why.
-    `check=False` only fetches (for a process whose images another has already checked)."""
+    `check=False` only fetches (for a process whose images another has already checked);
+    `allow_private`: web URLs may point into private networks (the job's allow_private_image_urls)."""
     cache = cache_dir or image_cache_dir()
     filesystems = _Filesystems()
 
     def fetch(record: Record) -> Sample | SkippedImage:
         try:
-            path = _local_copy(record.image_url, cache, filesystems)
+            path = _local_copy(record.image_url, cache, filesystems, allow_private)
             warning = _check_image(path, record.details) if check else None
             return Sample(record, path, warning)
         except FileNotFoundError:
             return SkippedImage(record.where, record.image_url, "not found")
+        except addresses.PrivateAddressError as exc:
+            return SkippedImage(record.where, record.image_url, f"refused: {exc}")
         except Image.DecompressionBombError as exc:
             return SkippedImage(record.where, record.image_url, f"too large: {exc}")
         except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped and reported
@@ -409,7 +209,7 @@ class _Filesystems:
         return fs, fs._strip_protocol(url)
 
 
-def _local_copy(url: str, cache: str, filesystems: _Filesystems | None = None) -> str:
+def _local_copy(url: str, cache: str, filesystems: _Filesystems | None = None, allow_private: bool = False) -> str:
     """A local file with the bytes of `url`: the path itself for local files, else a cached copy."""
     if not is_url(url) or url.startswith("file://"):
         path = url[len("file://"):] if url.startswith("file://") else url
@@ -423,12 +223,17 @@ def _local_copy(url: str, cache: str, filesystems: _Filesystems | None = None) -
         with FETCH_STATS._lock:
             FETCH_STATS.cache_hits += 1
         return path
+    web = addresses.is_web(url)
+    if web and not allow_private:
+        addresses.check_public(url)
     fs, remote = (filesystems or _Filesystems()).get(url)
+    # No redirect is followed: the address checked is the address read.
+    options = {"allow_redirects": False} if web else {}
     with FETCH_STATS._lock:
         FETCH_STATS.in_flight += 1
         FETCH_STATS.max_in_flight = max(FETCH_STATS.max_in_flight, FETCH_STATS.in_flight)
     try:
-        data = with_retries(lambda: fs.cat_file(remote))
+        data = with_retries(lambda: fs.cat_file(remote, **options))
     finally:
         with FETCH_STATS._lock:
             FETCH_STATS.in_flight -= 1

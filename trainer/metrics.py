@@ -9,6 +9,11 @@ the counts, with scikit-learn's semantics (`zero_division=0`); ranking metrics (
 precision) call scikit-learn one class at a time, so that a class absent from the sample is skipped
 (its value is None) instead of failing the whole evaluation. Every value is JSON-ready: Python
 floats and ints, lists, None where a figure is undefined.
+
+Bounded at any number of classes (one metrics file is written per evaluation): `per_class` lists
+every class up to MAX_PER_CLASS classes, and beyond that the MAX_PER_CLASS of lowest F1 (the ones to
+look at), with `per_class_omitted` counting the others; the confusion matrix, k x k numbers, is
+kept up to MAX_CONFUSION_CLASSES classes and never built beyond.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from sklearn import metrics as skm
 
 TOP_K = 5                   # accuracy_top5, reported when there are more than TOP_K classes
 MULTILABEL_THRESHOLD = 0.5  # a label is predicted when its probability is at least this
+MAX_PER_CLASS = 100         # classes listed in per_class: 10,000 classes would add ~2 MB to every epoch's file
+MAX_CONFUSION_CLASSES = 100  # a larger confusion matrix is unreadable, and k x k grows fast (10,000: 800 MB)
 
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -72,6 +79,16 @@ def _weighted_mean(values: Sequence[float | None], weights: np.ndarray) -> tuple
     return float(v.mean()), float((v * w).sum() / w.sum()) if w.sum() else None
 
 
+def _per_class(labels: Sequence[str], f1: np.ndarray, row) -> dict[str, Any]:
+    """`per_class` ({name: row(i)}) for at most MAX_PER_CLASS classes, those of lowest F1 when there
+    are more (ties: label order), and how many were left out."""
+    k = len(labels)
+    if k <= MAX_PER_CLASS:
+        return {"per_class": {name: row(i) for i, name in enumerate(labels)}}
+    listed = sorted(np.argsort(f1, kind="stable")[:MAX_PER_CLASS].tolist())
+    return {"per_class": {labels[i]: row(i) for i in listed}, "per_class_omitted": k - MAX_PER_CLASS}
+
+
 def multiclass(targets: Sequence[int], probabilities: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
     """Metrics of a multi-class prediction: the predicted class is the most probable one.
 
@@ -83,7 +100,8 @@ def multiclass(targets: Sequence[int], probabilities: np.ndarray, labels: Sequen
     - auc_macro, auc_weighted: one-vs-rest ROC AUC over the classes that have both positives and
       negatives in the sample (None when no class has)
     - confusion_matrix: {"labels": [...], "matrix": rows = true class, columns = predicted}
-    - per_class: {name: {precision, recall, f1, support, auc}}
+      (up to MAX_CONFUSION_CLASSES classes)
+    - per_class: {name: {precision, recall, f1, support, auc}} (capped: see the module's docstring)
     """
     y = np.asarray(targets, dtype=np.int64)
     p = np.asarray(probabilities, dtype=np.float64)
@@ -95,10 +113,9 @@ def multiclass(targets: Sequence[int], probabilities: np.ndarray, labels: Sequen
     if y.min() < 0 or y.max() >= k:
         raise ValueError(f"targets must be class indices in [0, {k}), got {y.min()}..{y.max()}")
     predicted = p.argmax(axis=1)
-    matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
-    tp = np.diag(matrix)
-    support = matrix.sum(axis=1)
-    predicted_count = matrix.sum(axis=0)
+    tp = np.bincount(y[y == predicted], minlength=k)
+    support = np.bincount(y, minlength=k)
+    predicted_count = np.bincount(predicted, minlength=k)
     fp, fn = predicted_count - tp, support - tp
     present = (support + predicted_count) > 0
     precision, recall, f1 = _counts_scores(tp, fp, fn)
@@ -113,10 +130,11 @@ def multiclass(targets: Sequence[int], probabilities: np.ndarray, labels: Sequen
     out["log_loss"] = float(-np.log(np.clip(p[np.arange(len(y)), y], eps, 1 - eps)).mean())
     aucs = [_binary_or_none(skm.roc_auc_score, y == c, p[:, c]) for c in range(k)]
     out["auc_macro"], out["auc_weighted"] = _weighted_mean(aucs, support)
-    out["confusion_matrix"] = {"labels": list(labels), "matrix": matrix.tolist()}
-    out["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                               "f1": float(f1[i]), "support": int(support[i]), "auc": aucs[i]}
-                        for i, name in enumerate(labels)}
+    if k <= MAX_CONFUSION_CLASSES:
+        matrix = np.bincount(y * k + predicted, minlength=k * k).reshape(k, k)
+        out["confusion_matrix"] = {"labels": list(labels), "matrix": matrix.tolist()}
+    out.update(_per_class(labels, f1, lambda i: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                                 "f1": float(f1[i]), "support": int(support[i]), "auc": aucs[i]}))
     out["samples"] = int(len(y))
     return out
 
@@ -162,8 +180,8 @@ def multilabel(targets: np.ndarray, probabilities: np.ndarray, labels: Sequence[
     out.update(_averages(tp, fp, fn, support, present))
     aps = [_binary_or_none(skm.average_precision_score, t[:, j], p[:, j]) for j in range(k)]
     out["average_precision_score_macro"], out["average_precision_score_weighted"] = _weighted_mean(aps, support)
-    out["per_class"] = {name: {"precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j]),
-                               "support": int(support[j]), "average_precision": aps[j]}
-                        for j, name in enumerate(labels)}
+    out.update(_per_class(labels, f1, lambda j: {"precision": float(precision[j]), "recall": float(recall[j]),
+                                                 "f1": float(f1[j]), "support": int(support[j]),
+                                                 "average_precision": aps[j]}))
     out["samples"] = int(len(t))
     return out
