@@ -10,6 +10,13 @@ does (`set_starting`, then start): `stopping` before the trials are asked to sto
 the job's spec.json and before its first trial, a failed job's error.json before its state. A
 controller killed right after saving a transition does the rest on its next pass; one killed
 before saving it decides the same transition again.
+
+A state.json that is torn or invalid (cut short by a tool that does not write atomically, a
+damaged disk, a hand edit) is rebuilt from the job's folder (`rebuild`): error.json says the job
+failed (or, without a spec, was rejected); a job with no spec and no error.json was cancelled in
+the inbox; any other job is running, and its next pass decides again what its trials say (it
+finishes a finished job once more, stops a cancelled one). The controller writes the rebuilt
+state once (`load`); `status` only reads it.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ from typing import Any, Callable
 
 from automl_images.core.layout import Root
 from automl_images.core.records import JobStatus
-from automl_images.core.storage import json_bytes
+from automl_images.core.storage import InvalidJSON, json_bytes
 
 from .spec import JobSpecError
 
@@ -29,8 +36,20 @@ class JobStates:
         self.log = log
 
     def read(self, job_id: str) -> dict[str, Any] | None:
-        """The job's state; None while its acceptance is under way (the inbox file is still there)."""
-        return self.root.storage.read_json(self.root.job_state(job_id))
+        """The job's state; None while its acceptance is under way (the inbox file is still there).
+        A torn or invalid one is rebuilt from the job's folder, and not written."""
+        return read_state(self.root, job_id, self.clock())[0]
+
+    def load(self, job_id: str) -> dict[str, Any] | None:
+        """`read`, and a rebuilt state written back, once: any controller may, since the state is
+        rebuilt from the folder alone, the same by every reader."""
+        state, rebuilt = read_state(self.root, job_id, self.clock())
+        if rebuilt:
+            if JobStatus(state["status"]) is JobStatus.FAILED:
+                self._write_error(job_id, state["reason"])
+            self.root.storage.write_json(self.root.job_state(job_id), state)
+            self.log(f"job {job_id}: {state['rebuilt']}: {state['status']}")
+        return state
 
     # -- the first state: a conditional create, so that a repeated acceptance keeps the first ----
     def accept(self, job_id: str, name: str, source: str) -> None:
@@ -64,7 +83,7 @@ class JobStates:
             if cost_usd is not None:
                 state["cost_usd"] = round(cost_usd, 6)
             if status is JobStatus.FAILED:
-                self.root.storage.write_json(self.root.job_error(job_id), {"error": "job failed", "message": reason})
+                self._write_error(job_id, reason)
         self.root.storage.write_json(self.root.job_state(job_id), state)
         self.log(f"job {job_id}: {status.value}" + (f" ({reason})" if reason else ""))
 
@@ -77,3 +96,54 @@ class JobStates:
         """How many finished trials the leaderboard shows now, and the job's cost so far."""
         state.update(published_trials=trials, cost_usd=round(cost_usd, 6))
         self.root.storage.write_json(self.root.job_state(job_id), state)
+
+    def _write_error(self, job_id: str, reason: str) -> None:
+        self.root.storage.write_json(self.root.job_error(job_id), {"error": "job failed", "message": reason})
+
+
+def read_state(root: Root, job_id: str, now: float) -> tuple[dict[str, Any] | None, bool]:
+    """The job's state.json (None when absent), and whether it was rebuilt from the job's folder
+    because the file is torn or invalid (the state's `rebuilt` then says why)."""
+    key = root.job_state(job_id)
+    try:
+        state = root.storage.read_json(key)
+    except InvalidJSON as exc:
+        return rebuild(root, job_id, str(exc), now), True
+    if state is None:
+        return None, False
+    if not _is_state(state):
+        return rebuild(root, job_id, f"{root.storage.url(key)}: not a job state (a 'status', and 'accepted_at' "
+                                     "while it runs)", now), True
+    return state, False
+
+
+def _is_state(state: Any) -> bool:
+    if not isinstance(state, dict) or state.get("status") not in JobStatus._value2member_map_:
+        return False
+    accepted_at = state.get("accepted_at")
+    return JobStatus(state["status"]).is_terminal() or (isinstance(accepted_at, (int, float))
+                                                        and not isinstance(accepted_at, bool))
+
+
+def rebuild(root: Root, job_id: str, why: str, now: float) -> dict[str, Any]:
+    """The state a job's folder implies (see the module's docstring)."""
+    storage = root.storage
+    state: dict[str, Any] = {"job_id": job_id, "rebuilt": f"{why}; rebuilt from the job's folder", "updated_at": now}
+    accepted_at = storage.modified(root.job_file(job_id))
+    if accepted_at is not None:  # the job file is copied from the inbox at acceptance, never rewritten
+        state["accepted_at"] = accepted_at
+    has_spec = storage.exists(root.job_spec(job_id))
+    if storage.exists(root.job_error(job_id)):
+        try:
+            error = storage.read_json(root.job_error(job_id))
+        except InvalidJSON as exc:
+            error = {"message": str(exc)}
+        message = error.get("message") if isinstance(error, dict) else None
+        status = JobStatus.FAILED if has_spec else JobStatus.REJECTED
+        state.update(status=status.value, reason=str(message or "see error.json"), finished_at=now)
+    elif not has_spec:
+        state.update(status=JobStatus.CANCELLED.value, reason="cancelled before a controller accepted it",
+                     finished_at=now)
+    else:
+        state.update(status=JobStatus.RUNNING.value, accepted_at=state.get("accepted_at", now))
+    return state

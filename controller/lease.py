@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from automl_images.core.layout import Root
-from automl_images.core.storage import json_bytes
+from automl_images.core.storage import InvalidJSON, json_bytes
 
 LEASE_TTL_S = 120.0      # a dead controller's jobs wait this long for another (unless on the same machine)
 LEASE_MARGIN_S = 20.0    # the most clocks may disagree; a holder stops acting this long before expiry
@@ -133,12 +133,18 @@ class Leases:
         return self._read(job_id, numbers[-1]) if numbers else None
 
     def release(self, job_id: str) -> None:
-        """Hand the lease back at once (a clean exit), so the next controller need not wait."""
+        """Hand the lease back at once (a clean exit, or the job ended), so the next controller need
+        not wait: the next number, marked released, then the older numbers deleted, which leaves one
+        lease object saying who released it and when."""
         held = self._held.pop(job_id, None)
         if held is None:
             return
         record = self._record(held.number + 1, released=True)
-        self.root.storage.create_exclusive(self.root.lease(job_id, held.number + 1), json_bytes(record))
+        if self.root.storage.create_exclusive(self.root.lease(job_id, held.number + 1), json_bytes(record)):
+            for old in self.root.lease_numbers(job_id):
+                if old <= held.number:
+                    self.root.storage.delete(self.root.lease(job_id, old))
+                    self._seen.pop((job_id, old), None)
 
     def release_all(self) -> None:
         for job_id in list(self._held):
@@ -147,9 +153,6 @@ class Leases:
             except Exception:  # noqa: BLE001 - an exit must not fail over a lease; it expires anyway
                 self._held.pop(job_id, None)
 
-    def forget(self, job_id: str) -> None:
-        """The job has ended: its lease is no longer needed (it simply expires)."""
-        self._held.pop(job_id, None)
 
     # -- internals -------------------------------------------------------------------------------
     def _free(self, lease: dict[str, Any], now: float) -> bool:
@@ -183,9 +186,14 @@ class Leases:
         return True
 
     def _read(self, job_id: str, number: int) -> dict[str, Any] | None:
+        """The lease object; None when it is gone, or torn (a lease that says nothing holds nothing:
+        the next number is taken)."""
         if (job_id, number) not in self._seen:
-            record = self.root.storage.read_json(self.root.lease(job_id, number))
-            if record is None:
+            try:
+                record = self.root.storage.read_json(self.root.lease(job_id, number))
+            except InvalidJSON:
+                return None
+            if not isinstance(record, dict):
                 return None
             self._seen[(job_id, number)] = record
         return self._seen[(job_id, number)]

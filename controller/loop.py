@@ -11,8 +11,11 @@ A job's controller keeps only what cannot change any more (the saved spec, finis
 
 Several controllers may watch one root: a job is acted on only by the holder of its lease
 (`lease.py`); the others only read it, and take the lease over when its holder stops renewing it.
-A bucket that fails for longer than the storage layer's retries (`core.storage.with_retries`)
-fails the pass of that job only: it is logged, and the next pass starts again from the bucket.
+A bucket that fails for longer than the storage layer's retries (`core.storage.with_retries`),
+and any other outage (`core.storage.outage`: a full or read-only disk, no permission, the bucket
+gone) fails the pass, not the job: it is logged in one line, and the next pass starts again from
+the bucket. `run` with `until_done` (a batch) gives up once an outage has lasted OUTAGE_LIMIT_S,
+raising `Outage`; a controller that runs forever keeps trying.
 """
 from __future__ import annotations
 
@@ -22,20 +25,26 @@ from typing import Callable
 
 from automl_images.core.layout import Root
 from automl_images.core.records import JobStatus
-from automl_images.core.storage import is_transient
+from automl_images.core.storage import RootMissing, describe, outage
 
 from . import inbox
 from .job import Context, JobController, Log
 from .job_state import JobStates
 from .launch import get_launcher
-from .launch.base import Launcher
+from .launch.base import Launcher, LauncherError
 from .launch.extras import MissingInstall
 from .lease import LEASE_TTL_S, Leases
 from .spec import JobSpecError, NewerSpecError
 
-# A job on which the controller fails this many passes in a row, other than for the bucket being
-# unreachable, is failed with the error instead of being retried forever.
+# A job on which the controller fails this many passes in a row, other than for an outage, is
+# failed with the error instead of being retried forever.
 MAX_JOB_ERRORS = 5
+# How long a batch controller (`--until-done`) waits for an outage to end before giving up.
+OUTAGE_LIMIT_S = 600.0
+
+
+class Outage(Exception):
+    """The bucket or disk failed every pass for OUTAGE_LIMIT_S: a batch controller gives up."""
 
 
 class Controller:
@@ -58,28 +67,50 @@ class Controller:
         # what `controller --until-done` reports and sets its exit code by.
         self.ran: dict[str, JobStatus | None] = {}
         self.failed_passes = 0                 # passes in which something failed (logged)
+        self.outage: str | None = None         # what was down in the last pass (None: nothing)
+        self._outage_since: float | None = None  # when the passes began to meet outages
+        self._outages: list[str] = []          # what was down, this pass
+        self._root_seen = False                # the root has had jobs: its disappearance is an outage
 
     # -- the loop ------------------------------------------------------------------------------
-    def run(self, once: bool = False, interval_s: float = 2.0, until_done: bool = False) -> None:
-        """Reconcile forever (or once; or until no job is left running). On the way out the
-        leases are handed back, so that another controller takes over at once."""
+    def run(self, once: bool = False, interval_s: float = 2.0, until_done: bool = False,
+            outage_limit_s: float = OUTAGE_LIMIT_S) -> None:
+        """Reconcile forever (or once; or until no job is left running, raising Outage once
+        the passes have met outages for `outage_limit_s`). On the way out the leases are handed
+        back, so that another controller takes over at once."""
         try:
             while True:
                 active = self.reconcile_once()
                 if once or (until_done and not active):
                     return
+                if until_done and self.outage and self.clock() - (self._outage_since or 0) >= outage_limit_s:
+                    raise Outage(f"giving up after {self.clock() - (self._outage_since or 0):.0f}s of outage: "
+                                 f"{self.outage}")
                 time.sleep(interval_s)
         finally:
-            self.leases.release_all()
+            try:
+                self.leases.release_all()
+            except Exception:  # noqa: BLE001 - the leases expire anyway; the error said what is down
+                pass
+            for launcher in self._launchers.values():
+                try:
+                    launcher.close()  # a SkyPilot API server it started; the trials go on
+                except Exception as exc:  # noqa: BLE001 - said, not raised: the controller is exiting anyway
+                    self.log(f"{launcher.name} launcher: {exc}")
 
     def reconcile_once(self) -> int:
         """One pass over the root. Returns how many jobs are still running (a job whose pass
         failed counts as running: the next pass tries again)."""
         failures = 0
+        self._outages = []
         try:
             names = self.root.inbox_files()
         except Exception as exc:  # noqa: BLE001 - logged; the next pass lists again
             failures += self._failed("inbox", exc)
+            if self._outages:  # the root failed its first listing, after the retries: the rest would too
+                self.failed_passes += 1
+                self._note_outage()
+                return 1
             names = []
         for name in names:
             try:
@@ -88,9 +119,11 @@ class Controller:
                 failures += self._failed(f"inbox file {name}", exc)
         try:
             job_ids = self.root.job_ids()
+            self._check_root(job_ids)
         except Exception as exc:  # noqa: BLE001
             self._failed("job list", exc)
             self.failed_passes += 1
+            self._note_outage()
             return 1
         active = 0
         for job_id in job_ids:
@@ -105,7 +138,25 @@ class Controller:
                 self.ran[job_id] = status
             active += status is not None and not status.is_terminal()
         self.failed_passes += failures > 0
+        self._note_outage()
         return active
+
+    def _check_root(self, job_ids: list[str]) -> None:
+        """An empty job list from a bucket that is gone, or from a root folder that had jobs,
+        is an outage, not an idle root (a listing of a missing bucket or folder is empty)."""
+        if job_ids:
+            self._root_seen = True
+            return
+        storage = self.root.storage
+        if (storage.has_bucket or self._root_seen) and not storage.root_exists():
+            raise RootMissing(storage.root, storage.has_bucket)
+
+    def _note_outage(self) -> None:
+        self.outage = "; ".join(dict.fromkeys(self._outages)) or None
+        if self.outage is None:
+            self._outage_since = None
+        elif self._outage_since is None:
+            self._outage_since = self.clock()
 
     def accept(self, name: str) -> str | None:
         """Take one job file from the inbox (`inbox.accept`)."""
@@ -120,14 +171,23 @@ class Controller:
                 if status in (JobStatus.FAILED, JobStatus.REJECTED)}
 
     def _failed(self, what: str, exc: Exception, job_id: str | None = None) -> int:
-        """Log a failed step of the pass. A job that keeps failing other than for the bucket is
-        failed with the error (at most MAX_JOB_ERRORS passes in a row)."""
-        if is_transient(exc):
-            self.log(f"{what}: the bucket is not answering ({type(exc).__name__}: {exc}); "
-                     "trying again on the next pass")
-            return 1
-        detail = "" if isinstance(exc, MissingInstall) else "\n" + traceback.format_exc()
-        self.log(f"{what}: {type(exc).__name__}: {exc}{detail}")
+        """Log a failed step of the pass: an outage or a launcher's refusal in one line, anything
+        else with its traceback. A job that keeps failing other than for an outage (of the bucket,
+        or of the launcher's service) is failed with the error (at most MAX_JOB_ERRORS passes in a row)."""
+        if isinstance(exc, LauncherError):
+            # Before the bucket's outages: SkyPilot's connection errors chain to the same types.
+            if exc.transient:
+                self.log(f"{what}: {exc}; trying again on the next pass")
+                return 1
+            self.log(f"{what}: {exc}")
+        else:
+            down = outage(exc)
+            if down is not None:
+                self._outages.append(down)
+                self.log(f"{what}: {describe(exc)}; trying again on the next pass")
+                return 1
+            detail = "" if isinstance(exc, MissingInstall) else "\n" + traceback.format_exc()
+            self.log(f"{what}: {type(exc).__name__}: {exc}{detail}")
         if job_id is not None:
             self._errors[job_id] = self._errors.get(job_id, 0) + 1
             if self._errors[job_id] >= MAX_JOB_ERRORS and self.leases.holds(job_id):
@@ -155,13 +215,13 @@ class Controller:
         return self._jobs[job_id]
 
     def reconcile_job(self, job_id: str) -> JobStatus | None:
-        state = self.states.read(job_id)
+        state = self.states.load(job_id)
         if state is None:
             return None  # acceptance still under way: the inbox file is still there
         status = JobStatus(state["status"])
         if status.is_terminal():
             self._jobs.pop(job_id, None)
-            self.leases.forget(job_id)
+            self.leases.release(job_id)  # one lease object left, marked released
             return status
         if job_id in self._newer:
             return status  # a newer controller's job: left to it

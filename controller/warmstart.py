@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from automl_images.core import trials
 from automl_images.core.layout import Root
-from automl_images.core.storage import json_bytes
+from automl_images.core.storage import InvalidJSON, json_bytes
 
 from . import accepted
 from .distributions import Distribution
@@ -98,7 +98,13 @@ def seeds(root: Root, job_id: str, spec: JobSpec, log: Callable[[str], None]) ->
     """The job's seeds: gathered from the earlier jobs on first use and saved, then read back, so
     that every controller of the job (and every restart) seeds its sampler with the same trials."""
     key = root.warm_start(job_id)
-    saved = root.storage.read_json(key)
+    try:
+        saved = root.storage.read_json(key)
+    except InvalidJSON as exc:
+        # Torn: gathered again from the earlier jobs, which are finished, so the same seeds come back.
+        log(f"job {job_id}: {exc}; gathering the warm-start seeds again")
+        root.storage.write_json(key, collect(root, spec))
+        saved = root.storage.read_json(key)
     if saved is None:
         collected = collect(root, spec)
         root.storage.create_exclusive(key, json_bytes(collected))

@@ -63,6 +63,9 @@ class TrialView:
     stop: dict[str, Any] | None = None          # stop.json: a stop request
     run_state: RunState | None = None
     cost_usd: float = 0.0                       # spent so far (final once the trial is finished)
+    # The files of the trial folder that were torn or invalid when read (file name -> why), and
+    # stand rebuilt in the fields above (trials.read_trial says how): for this pass only.
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @property
     def trial_status(self) -> TrialStatus:

@@ -11,12 +11,19 @@ epoch changes the originals.
 
 The best epoch's weights travel in the same dict (`best_model`, None when the last epoch is the
 best one, which is then `model`), so the checkpoint and the best model can never disagree after a
-crash between two writes. Everything in it loads with `torch.load(weights_only=True)`: plain
-containers and tensors, no pickled objects.
+crash between two writes. Everything in it loads with `torch.load(weights_only=True)` (through
+`weights.safe_load`): plain containers and tensors, no pickled objects.
+
+`save` writes through `Storage.write_bytes`, atomic (a temporary name renamed, or one PUT): a kill
+mid-write leaves the previous last.pt, never a torn one. A last.pt that is unreadable all the same
+(cut short by a copy, damaged, another trainer's format) costs the trial its progress, never the
+trial: `load` keeps it aside and the attempt starts afresh.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +33,9 @@ from automl_images.core.layout import FILES
 from automl_images.core.storage import Storage
 
 from .data import DataError
+from .weights import WeightsError, safe_load
+
+log = logging.getLogger(__package__)
 
 FORMAT_VERSION = 1
 
@@ -98,16 +108,52 @@ def save(storage: Storage, checkpoint: dict[str, Any], checkpoint_frequency: int
 
 def load(storage: Storage) -> dict[str, Any] | None:
     """The checkpoint on the CPU (RNG states must be CPU tensors; `load_state_dict` moves the rest
-    to the model's device), or None when the trial has none yet."""
+    to the model's device), or None when the trial has none yet, or none this trainer can use: an
+    unreadable or invalid last.pt is logged with the reason and kept aside (`_set_aside`), and the
+    trial starts afresh."""
     try:
         data = storage.read_bytes(FILES.checkpoint)
     except FileNotFoundError:
         return None
-    checkpoint = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    url = storage.url(FILES.checkpoint)
+    try:
+        checkpoint = safe_load(data, url)
+    except WeightsError as exc:
+        reason = str(exc)
+    else:
+        problem = _invalid(checkpoint)
+        if problem is None:
+            return checkpoint
+        reason = f"{url}: {problem}"
+    _set_aside(storage, data, reason)
+    return None
+
+
+# What `restore` reads: a dict that lacks one is not a checkpoint of this format.
+_KEYS = ("model", "optimizer", "lr_scheduler", "scaler", "epoch", "history", "best_epoch", "best_metrics",
+         "best_model", "duration_s", "early_stopping", "labels", "rng")
+
+
+def _invalid(checkpoint: Any) -> str | None:
+    if not isinstance(checkpoint, dict):
+        return f"not a checkpoint: a {type(checkpoint).__name__}, not a dict"
     if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{storage.url(FILES.checkpoint)}: checkpoint format "
-                         f"{checkpoint.get('format_version')} is not {FORMAT_VERSION}")
-    return checkpoint
+        return f"checkpoint format {checkpoint.get('format_version')!r} is not {FORMAT_VERSION}"
+    missing = [key for key in _KEYS if key not in checkpoint]
+    return f"not a checkpoint: no {', '.join(missing)}" if missing else None
+
+
+def _set_aside(storage: Storage, data: bytes, reason: str) -> None:
+    """Keep an unusable last.pt as `last.pt.corrupt-<sha256 prefix>` (the user may want it back; a
+    name from the content makes a retry after a kill write the same file, not a second one) and
+    remove it: copied first, so a kill between the two leaves both, never neither. In a trial of
+    several processes only rank 0 writes the trial folder; the others start afresh as it does."""
+    aside = f"{FILES.checkpoint}.corrupt-{hashlib.sha256(data).hexdigest()[:12]}"
+    log.warning("%s; starting this trial afresh, the file kept as %s", reason, storage.url(aside))
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return
+    storage.write_bytes(aside, data)
+    storage.delete(FILES.checkpoint)
 
 
 def restore(checkpoint: dict[str, Any], *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

@@ -3,6 +3,8 @@
 never writes a key the trainer owns while the trainer is alive."""
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import time
 from collections import deque
@@ -11,7 +13,9 @@ from typing import Any, Callable
 
 from automl_images.core.layout import FILES
 from automl_images.core.records import TrialStatus
-from automl_images.core.storage import Storage, join, json_bytes
+from automl_images.core.storage import InvalidJSON, Storage, join, json_bytes
+
+log = logging.getLogger(__package__)
 
 
 class BackgroundWriter:
@@ -78,7 +82,12 @@ class Reporter:
         self.prefix = trial_prefix
         self.writer = writer
         self.started_at = time.time()
-        self.status: dict[str, Any] = storage.read_json(self.key(FILES.status), default=None) or {}
+        try:
+            status = storage.read_json(self.key(FILES.status), default=None)
+        except InvalidJSON as exc:  # torn by a kill: the attempt before this one's, rewritten from here on
+            log.warning("%s; starting a new status", exc)
+            status = None
+        self.status: dict[str, Any] = status if isinstance(status, dict) else {}
 
     def key(self, name: str) -> str:
         return join(self.prefix, name) if self.prefix else name
@@ -88,19 +97,31 @@ class Reporter:
         self.status["status"] = status.value
         self.status["updated_at"] = time.time()
         self.status.setdefault("started_at", self.started_at)
-        self._write_json(self.key(FILES.status), self.status)
+        data = json_bytes(self.status)
+        self.status = json.loads(data)  # what the file holds, its ISO times included
+        self._write_bytes(self.key(FILES.status), data)
         return self.status
 
     def write_metrics(self, evaluation: int, metrics: dict[str, Any]) -> None:
         self._write_json(self.key(FILES.metrics(evaluation)), metrics)
 
     def _write_json(self, key: str, value: Any) -> None:
-        if self.writer is None:
-            self.storage.write_json(key, value)
-            return
         # Encoded now: the dict may change before the background thread writes it.
-        data = json_bytes(value)
-        self.writer.submit(lambda: self.storage.write_bytes(key, data))
+        self._write_bytes(key, json_bytes(value))
+
+    def _write_bytes(self, key: str, data: bytes) -> None:
+        if self.writer is None:
+            self.storage.write_bytes(key, data)
+        else:
+            self.writer.submit(lambda: self.storage.write_bytes(key, data))
 
     def stop_requested(self) -> dict[str, Any] | None:
-        return self.storage.read_json(self.key(FILES.stop), default=None)
+        """The stop request, if any. One that cannot be read (torn) is still a request: the
+        controller writes stop.json only to stop the trial."""
+        try:
+            stop = self.storage.read_json(self.key(FILES.stop), default=None)
+        except InvalidJSON as exc:
+            return {"reason": f"stop requested ({exc})"}
+        if stop is None or isinstance(stop, dict):
+            return stop
+        return {"reason": "stop requested"}

@@ -76,10 +76,10 @@ REFUSED = {
 @pytest.mark.parametrize("name", REFUSED)
 def test_a_hostile_job_file_is_refused_quickly_naming_line_field_and_limit(name):
     text, field, line, message = REFUSED[name]
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU seconds of this thread: the machine's other work does not count
     with pytest.raises(JobSpecError) as info:
         parse_job(text, SOURCE)
-    assert time.perf_counter() - start < 1.0
+    assert time.thread_time() - start < 1.0
     [problem] = info.value.problems
     assert (problem.field, problem.line) == (field, line), str(info.value)
     assert message in problem.message
@@ -134,9 +134,10 @@ def test_aliases_merges_and_large_ranges_inside_the_limits_are_valid():
 
 
 def _peak(code: str) -> tuple[float, float, str]:
-    """(seconds from `start`, peak resident MB, output) of `code` run in a fresh interpreter. The
-    peak is VmHWM: ru_maxrss would keep the high-water mark of the pytest process it was forked from."""
-    script = ("import re, time\n" + code + "\nseconds = time.perf_counter() - start\n"
+    """(CPU seconds from `start`, peak resident MB, output) of `code` run in a fresh interpreter. The
+    peak is VmHWM: ru_maxrss would keep the high-water mark of the pytest process it was forked from.
+    CPU seconds, not wall-clock ones: what the bomb costs, whatever else the machine is doing."""
+    script = ("import re, time\n" + code + "\nseconds = time.process_time() - start\n"
               "kb = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)\n"
               "print(f'{seconds:.3f} {kb}')")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -150,7 +151,7 @@ def test_the_largest_bombs_take_under_a_second_and_little_memory(tmp_path):
     for name, text in (("alias", _aliases(9)), ("merge", _merges(30)), ("deep", DEEP)):
         (tmp_path / f"{name}.yaml").write_text(text)
     seconds, mb, output = _peak(
-        "from automl_images.controller.cli import main\nstart = time.perf_counter()\n"
+        "from automl_images.controller.cli import main\nstart = time.process_time()\n"
         f"codes = [main(['validate', '{tmp_path}/' + n + '.yaml']) for n in ('alias', 'merge', 'deep')]\n"
         "print(codes)")
     assert output == "[2, 2, 2]"
@@ -177,9 +178,9 @@ def _pass_with_a_bomb(tmp_path, bomb: bytes) -> tuple[Root, list[str], float, fl
     controller = Controller(root, log=log.append, launchers={"local": SimLauncher()})
     tracemalloc.start()
     try:
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU seconds, as above
         controller.reconcile_once()
-        seconds = time.perf_counter() - start
+        seconds = time.thread_time() - start
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

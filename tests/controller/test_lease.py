@@ -1,6 +1,7 @@
 """Per-job leases: one controller acts on a job, the others only read it; takeover after expiry, on
 release, or at once from a dead controller of the same machine; and two controllers on one root
-finish a sweep with every trial launched exactly once."""
+finish a sweep with every trial launched exactly once; on a folder, S3, GCS and Azure Blob Storage
+(`exclusive_root_url`: the conditional create that leases rest on differs per store)."""
 from __future__ import annotations
 
 import os
@@ -42,8 +43,8 @@ def test_one_holder_and_renewal_at_half_life(local_root):
     assert not b.acquire(JOB)
 
 
-def test_a_lease_not_renewed_is_taken_over_after_expiry(root_url):
-    root, clock = Root(root_url), FakeClock()
+def test_a_lease_not_renewed_is_taken_over_after_expiry(exclusive_root_url):
+    root, clock = Root(exclusive_root_url), FakeClock()
     a, b = leases(root, clock, "a"), leases(root, clock, "b")
     assert a.acquire(JOB)
     clock.advance(49)
@@ -62,8 +63,10 @@ def test_release_hands_over_at_once(local_root):
     assert a.acquire(JOB)
     a.release_all()
     assert not a.holds(JOB)
+    assert root.lease_numbers(JOB) == [1]  # a's release; 0 (a's lease) deleted
+    assert root.storage.read_json(root.lease(JOB, 1))["released"] is True
     assert b.acquire(JOB)
-    assert root.lease_numbers(JOB) == [2]  # 0: a's, 1: a's release, 2: b's
+    assert root.lease_numbers(JOB) == [2]  # b's
 
 
 def dead_pid() -> int:
@@ -118,8 +121,8 @@ class StaleListing(Root):
         return numbers if numbers is not None else super().lease_numbers(job)
 
 
-def test_racing_controllers_one_winner(root_url):
-    root = Root(root_url)
+def test_racing_controllers_one_winner(exclusive_root_url):
+    root = Root(exclusive_root_url)
     won = []
 
     def race(i: int) -> None:
@@ -139,8 +142,8 @@ def test_racing_controllers_one_winner(root_url):
 # Controllers
 
 
-def test_two_controllers_at_once_launch_each_trial_once(root_url):
-    root = Root(root_url)
+def test_two_controllers_at_once_launch_each_trial_once(exclusive_root_url):
+    root = Root(exclusive_root_url)
     # a launch takes a while, as a cloud's does: without leases the other controller would see the
     # launch intent without its handle and launch the trial again
     sim = SimLauncher(epoch_s=0.05, launch_delay_s=0.2)
@@ -220,3 +223,6 @@ def test_two_controller_processes_finish_one_sweep(root_url, tmp_path):
         assert root.read_trial("pair", trial, FILES.launch)["attempt"] == 1
         assert root.read_trial("pair", trial, FILES.status)["status"] == "completed"
     assert sum("only watches it" in out for out in outputs) >= 1
+    # The job ended and both exited cleanly: one lease object is left, and it says it was released.
+    [number] = root.lease_numbers("pair")
+    assert root.storage.read_json(root.lease("pair", number))["released"] is True

@@ -1,6 +1,7 @@
 """Warm start: the finished trials of earlier jobs seed a Bayesian job where the spaces fit."""
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 
 from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
@@ -99,3 +100,17 @@ def test_another_task_or_metric_seeds_nothing(local_root):
     assert "image-classification / accuracy, not image-classification / log_loss" in collected["notes"][0]
     assert warmstart.observations(collected) == [] and isinstance(warmstart.observations(None), list)
     assert Observation(0, {}, 1.0, "a/b") == Observation(0, {}, 1.0, "a/b")
+
+
+def test_torn_seeds_are_gathered_again_the_same(local_root):
+    root, clock = Root(local_root), FakeClock()
+    _earlier_job(root, clock, "first", LR_MOMENTUM, trials=3)
+    spec = dataclasses.replace(accepted.load(root, "first"), warm_start=("first",))  # its own space: all fit
+    log: list[str] = []
+    first = warmstart.seeds(root, "second", spec, log.append)
+    key = root.warm_start("second")
+    whole = root.storage.read_bytes(key)
+    root.storage.write_bytes(key, whole[:len(whole) // 2])  # cut by a tool that does not write atomically
+    assert warmstart.seeds(root, "second", spec, log.append) == first and len(first) == 3
+    assert root.storage.read_bytes(key) == whole
+    assert "gathering the warm-start seeds again" in log[-1]

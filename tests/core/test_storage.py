@@ -3,17 +3,19 @@ which bucket errors are worth retrying."""
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import pytest
 
-from automl_images.core.storage import Storage, is_transient, resolve, with_retries
+from automl_images.core.storage import InvalidJSON, Storage, describe, is_transient, outage, resolve, with_retries
 
 
-def test_read_write_list_delete(root_url):
-    storage = Storage(root_url)
+def test_read_write_list_delete(exclusive_root_url):
+    storage = Storage(exclusive_root_url)
     assert storage.read_json("a/state.json") is None
     storage.write_json("a/state.json", {"x": 1})
     storage.write_bytes("a/b/c.bin", b"\x00\x01")
@@ -27,8 +29,8 @@ def test_read_write_list_delete(root_url):
     assert not storage.exists("a/state.json")
 
 
-def test_create_exclusive_has_one_winner(root_url):
-    storage = Storage(root_url)
+def test_create_exclusive_has_one_winner(exclusive_root_url):
+    storage = Storage(exclusive_root_url)
     winners = []
 
     def attempt(i: int) -> None:
@@ -42,6 +44,81 @@ def test_create_exclusive_has_one_winner(root_url):
         t.join()
     assert len(winners) == 1
     assert storage.read_bytes("lease.json") == str(winners[0]).encode()
+
+
+def test_gcs_conditional_create_sends_the_precondition(gcs_endpoint):
+    """The emulator refuses an upload with `ifGenerationMatch=0` onto an existing object only
+    because tests/gcs_server.py adds that rule: its counters show what the requests carried."""
+    from conftest import make_gcs_bucket
+
+    def counts() -> dict:
+        with urllib.request.urlopen(f"{gcs_endpoint}/preconditions", timeout=10) as response:
+            return json.loads(response.read())
+
+    storage = Storage(f"gs://{make_gcs_bucket(gcs_endpoint)}/automl")
+    before = counts()
+    assert storage.create_exclusive("a/spec.json", b"first")
+    assert not storage.create_exclusive("a/spec.json", b"second")
+    storage.write_bytes("a/other.json", b"x")  # a plain write carries no precondition
+    after = counts()
+    assert (after["sent"] - before["sent"], after["refused"] - before["refused"]) == (2, 1)
+    assert storage.read_bytes("a/spec.json") == b"first"
+
+
+def test_a_torn_object_is_invalid_json_naming_it(root_url):
+    storage = Storage(root_url)
+    storage.write_bytes("jobs/a/state.json", b'{"status": "runn')
+    storage.write_bytes("jobs/a/deep.json", b"[" * 100_000)
+    storage.write_bytes("jobs/a/latin.json", b'{"x": "\xe9"}')  # Latin-1, not UTF-8
+    for key in ("jobs/a/state.json", "jobs/a/deep.json", "jobs/a/latin.json"):
+        with pytest.raises(InvalidJSON, match=f"{storage.url(key)}: not valid JSON"):
+            storage.read_json(key)
+    assert storage.read_json("jobs/a/absent.json", default={}) == {}
+
+
+class FullDisk:
+    """`open` whose files fail their write as on a full disk."""
+
+    def __init__(self, real_open):
+        self.real_open = real_open
+
+    def __call__(self, path, mode="r", *args, **kwargs):
+        f = self.real_open(path, mode, *args, **kwargs)
+        if "w" in mode:
+            def write(data):
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+            f.write = write
+        return f
+
+
+def test_a_failed_local_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import builtins
+
+    storage = Storage(str(tmp_path / "root"))
+    storage.write_json("jobs/a/state.json", {"status": "running"})
+    monkeypatch.setattr(builtins, "open", FullDisk(builtins.open))
+    for write in (lambda: storage.write_json("jobs/a/state.json", {"status": "completed"}),
+                  lambda: storage.create_exclusive("jobs/a/lease-00000001.json", b"{}")):
+        with pytest.raises(OSError) as failed:
+            write()
+        assert outage(failed.value) == "the disk is full"
+    monkeypatch.undo()
+    assert sorted(p.name for p in (tmp_path / "root/jobs/a").iterdir()) == ["state.json"]
+    assert storage.read_json("jobs/a/state.json") == {"status": "running"}  # the old object, whole
+
+
+def test_outages_are_told_apart_from_bugs():
+    from s3fs.errors import translate_boto_error
+
+    assert outage(OSError(errno.EROFS, "Read-only file system")) == "the root is read-only"
+    assert outage(PermissionError(errno.EACCES, "Permission denied")) == "permission denied"
+    assert outage(translate_boto_error(client_error("AccessDenied", 403))) == "permission denied"
+    assert outage(translate_boto_error(client_error("NoSuchBucket", 404))) == "the bucket does not exist"
+    assert outage(ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")) == "the bucket is not answering"
+    for bug in (FileNotFoundError("jobs/a/x.json"), KeyError("status"), ValueError("x")):
+        assert outage(bug) is None
+    line = describe(OSError(errno.ENOSPC, "No space left on device"))
+    assert line == "the disk is full (OSError: [Errno 28] No space left on device)"
 
 
 def test_copy_tree(root_url):
@@ -135,3 +212,15 @@ def test_storage_imports_without_botocore_or_aiohttp():
             "from automl_images.core.storage import Storage, is_transient; "
             "assert is_transient(ConnectionResetError()) and not is_transient(KeyError())")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_epoch_timestamp_written_has_its_iso_8601_form_beside_it():
+    from automl_images.core.storage import json_bytes
+
+    written = json.loads(json_bytes({"accepted_at": 1765017783.25, "status": "running", "count_at": "n/a",
+                                     "flag_at": True, "history": [{"launched_at": 0}], "launch": {"ended_at": 60}}))
+    assert written["accepted_at_iso"] == "2025-12-06T10:43:03.250+00:00" and written["accepted_at"] == 1765017783.25
+    assert written["history"][0]["launched_at_iso"] == "1970-01-01T00:00:00.000+00:00"
+    assert written["launch"]["ended_at_iso"] == "1970-01-01T00:01:00.000+00:00"
+    assert "count_at_iso" not in written and "flag_at_iso" not in written  # not seconds
+    assert json_bytes(written) == json_bytes(written)  # the same bytes for the same value, read back or not
