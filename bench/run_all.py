@@ -5,7 +5,7 @@ arguments; their result lines are repeated at the end.
     .venv/bin/python bench/run_all.py                  # or: make bench
     .venv/bin/python bench/run_all.py trainer_throughput s3_vs_local
 
-The trainer's three first (about 15 minutes on a 2-core CPU machine), then the others in name
+The trainer's four first (about 17 minutes on a 2-core CPU machine), then the others in name
 order (detection and the controller's: about 15 minutes more). Not `gpu_check.py` and
 `gpu_detection_check.py`, which need a GPU. Log lines go to stderr; the figures to stdout.
 """
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-FIRST = ("trainer_throughput.py", "s3_vs_local.py", "fridge_accuracy.py")
+FIRST = ("trainer_throughput.py", "s3_vs_local.py", "fridge_accuracy.py", "prepared_dataset.py")
 NOT_HERE = ("run_all.py", "gpu_check.py", "gpu_detection_check.py")
 
 

@@ -76,7 +76,8 @@ def training_loader(train_url: str, hp: dict):
     samples, _ = data.fetch_images(records)
     names = sorted({r.label for r in records})
     dataset = adapter.dataset(samples, [names.index(s.record.label) for s in samples], train=True)
-    return adapter, engine.make_loader(dataset, BATCH, train=True, device=torch.device("cpu"))
+    return adapter, engine.make_loader(dataset, BATCH, train=True, device=torch.device("cpu"),
+                                       collate_fn=adapter.collate)
 
 
 def in_memory_batches(train_url: str, hp: dict, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

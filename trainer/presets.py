@@ -18,6 +18,10 @@ from torchvision.transforms import v2 as T
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# resized_crop_flip's random crops (fractions of the image's area) and colour jitter (brightness,
+# contrast and saturation factors drawn from 1 ± this); batch_augment.py draws the same.
+RESIZED_CROP_SCALE = (0.25, 1.0)
+COLOR_JITTER = 0.3
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,10 @@ def _translate(p: Preprocessing, normalize: bool = True) -> Callable:
 def _resized_crop_flip(p: Preprocessing, normalize: bool = True) -> Callable:
     """Azure AutoML's classification augmentation: random scale and aspect crops, horizontal flips
     and colour jitter. Better for photos; wrong for data whose mirror image means something else."""
-    return T.Compose([T.RandomResizedCrop(p.crop_size, scale=(0.25, 1.0),
+    return T.Compose([T.RandomResizedCrop(p.crop_size, scale=RESIZED_CROP_SCALE,
                                           interpolation=_interpolation(p.interpolation), antialias=True),
                       T.RandomHorizontalFlip(),
-                      T.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3),
+                      T.ColorJitter(brightness=COLOR_JITTER, contrast=COLOR_JITTER, saturation=COLOR_JITTER),
                       *_to_normalized_tensor(p, normalize)])
 
 
@@ -93,13 +97,15 @@ TRAIN_PRESETS: dict[str, Callable[..., Callable]] = {
 DEFAULT_TRAIN_PRESET = "translate"
 
 
+def check_train_preset(name: str) -> None:
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown train preset {name!r}; known: {', '.join(TRAIN_PRESETS)}")
+
+
 def train_transform(p: Preprocessing, normalize: bool = True) -> Callable:
     """PIL image → normalised float tensor; with `normalize=False`, → 8-bit tensor (see BatchNormalize)."""
-    try:
-        build = TRAIN_PRESETS[p.train_preset]
-    except KeyError:
-        raise ValueError(f"unknown train preset {p.train_preset!r}; known: {', '.join(TRAIN_PRESETS)}") from None
-    return build(p, normalize)
+    check_train_preset(p.train_preset)
+    return TRAIN_PRESETS[p.train_preset](p, normalize)
 
 
 def decode_size(p: Preprocessing, train: bool) -> int:
