@@ -127,7 +127,7 @@ def main() -> None:
     for estimator in ("gp", "et"):
         started = time.perf_counter()
         make_sampler(job("bayesian", estimator)).ask([100, 101, 102, 103], observed, running)
-        print(f"bayesian {estimator}: 4 proposals at once (constant liar, 2 running) at 100 trials: "
+        print(f"bayesian {estimator}: 4 proposals at once (kriging believer, 2 running) at 100 trials: "
               f"{(time.perf_counter() - started) * 1000:.0f}ms")
 
 

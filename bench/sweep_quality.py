@@ -11,6 +11,7 @@ has something to get wrong. The sweep itself is the product's: `reconcile.decide
 create, launch and stop, the job's sampler proposes with the running trials pending, 2 trials run
 at a time, each epoch takes one tick. Reported per configuration: the median over seeds of the
 best accuracy among the first 10 and 20 trials, and of the trial-epochs the 20 trials trained.
+bench/sampler_quality.py runs the same `sweep` on real learning curves.
 """
 from __future__ import annotations
 
@@ -19,14 +20,18 @@ import hashlib
 import math
 import statistics
 import time
+from typing import Callable
 
 from automl_images.controller.launch.base import RunState
 from automl_images.controller.reconcile import CreateTrials, Launch, Publish, RequestStop, SetJobStatus, decide
-from automl_images.controller.search import Observation, make_sampler
+from automl_images.controller.search import Observation, Sampler, make_sampler
 from automl_images.controller.spec import parse_job
 from automl_images.core.records import JobView, TrialView
 
 EPOCHS = 9
+# A configuration's metric after an epoch (the trial's hyperparameters, the epoch from 1); None when
+# the run fails at that epoch.
+Curve = Callable[[dict, int], "float | None"]
 SPACE = """\
   - model_name: choice(resnet18, mobilenetv2)
     optimizer: choice(sgd, adam, adamw)
@@ -68,27 +73,31 @@ def job(sampling: str, asha: bool, seed: int, estimator: str):
     return parse_job(text)
 
 
-def sweep(spec) -> tuple[list[float], int]:
-    """Run the job to the end; returns each trial's best accuracy (in creation order) and the
-    trial-epochs trained."""
-    sampler = make_sampler(spec)
+def sweep(spec, curve: Curve, sampler: Sampler | None = None) -> tuple[list[float], int]:
+    """Run the job to the end, each trial's metric after each epoch given by `curve` (None: the
+    run diverged there and fails, as the trainer's would); returns each trial's best accuracy (in
+    creation order; failed trials count as 0) and the trial-epochs trained. `sampler`: the job's
+    own unless given (any object with the sampler interface, e.g. an Optuna adapter)."""
+    sampler = sampler or make_sampler(spec)
+    epochs = spec.arguments["number_of_epochs"]
     view = JobView("bench", {"status": "running", "accepted_at": 0.0, "published_trials": 0}, [])
     params: dict[str, dict] = {}
     for tick in range(10_000):
         for action in decide(spec, view, float(tick), sampler.capacity()):
             if isinstance(action, CreateTrials):
-                history = [Observation(0, t.params, t.primary("accuracy"), t.trial_id)
+                history = [Observation(t.sweep["subspace"], t.params, t.primary("accuracy"), t.trial_id)
                            for t in view.trials if t.is_terminal]
-                pending = [Observation(0, t.params, None, t.trial_id) for t in view.trials if not t.is_terminal]
+                pending = [Observation(t.sweep["subspace"], t.params, None, t.trial_id)
+                           for t in view.trials if not t.is_terminal]
                 for index, proposal in zip(action.indices, sampler.ask(action.indices, history, pending)):
                     trial = TrialView(f"t{index:04d}", proposal.to_json())
-                    params[trial.trial_id] = spec.trial_hyperparameters(0, proposal.params)
+                    params[trial.trial_id] = spec.trial_hyperparameters(proposal.subspace, proposal.params)
                     view.trials.append(trial)
             elif isinstance(action, Launch):
                 trial = next(t for t in view.trials if t.trial_id == action.trial_id)
                 trial.launch = {"attempt": 1, "handle": {}, "launcher": "local", "launched_at": float(tick)}
                 trial.run_state = RunState.RUNNING
-                trial.status = {"status": "running", "history": [], "epochs_total": EPOCHS}
+                trial.status = {"status": "running", "history": [], "epochs_total": epochs}
             elif isinstance(action, RequestStop):
                 trial = next(t for t in view.trials if t.trial_id == action.trial_id)
                 trial.stop = {"reason": action.reason}
@@ -102,14 +111,19 @@ def sweep(spec) -> tuple[list[float], int]:
             if trial.is_terminal or not trial.launch:
                 continue
             history = trial.status["history"]
-            if trial.stop or len(history) == EPOCHS:
+            if trial.stop or len(history) == epochs:
                 best = max(h["accuracy"] for h in history)
                 trial.status.update(status="stopped" if trial.stop else "completed", metrics={"accuracy": best})
                 trial.run_state = RunState.CANCELLED if trial.stop else RunState.SUCCEEDED
                 continue
             epoch = len(history) + 1
-            history.append({"epoch": epoch, "accuracy": accuracy(params[trial.trial_id], epoch)})
-    bests = [max(h["accuracy"] for h in t.status["history"]) for t in view.trials]
+            value = curve(params[trial.trial_id], epoch)
+            if value is None:
+                trial.status.update(status="failed", error={"kind": "user", "message": "training diverged"})
+                trial.run_state = RunState.FAILED
+                continue
+            history.append({"epoch": epoch, "accuracy": value})
+    bests = [max([h["accuracy"] for h in t.status["history"]], default=0.0) for t in view.trials]
     return bests, sum(len(t.status["history"]) for t in view.trials)
 
 
@@ -129,7 +143,7 @@ def main() -> None:
         started = time.perf_counter()
         at10, at20, spent = [], [], []
         for seed in range(args.seeds):
-            bests, epochs = sweep(job(sampling, asha, seed, args.estimator))
+            bests, epochs = sweep(job(sampling, asha, seed, args.estimator), accuracy)
             at10.append(max(bests[:10]))
             at20.append(max(bests[:20]))
             spent.append(epochs)

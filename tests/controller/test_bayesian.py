@@ -1,16 +1,18 @@
 """Bayesian sampling: priors from the distributions, reproducible proposals from the saved history,
-the metric's direction, parallel proposals with a constant liar, failed trials, conditional spaces."""
+the metric's direction, parallel proposals (the kriging believer), failed trials, conditional
+spaces, and the acquisition's parts: log-scaled inputs, the kernel's prior, the search."""
 from __future__ import annotations
 
 import math
 import textwrap
 
+import numpy as np
 import pytest
 from skopt.space import Categorical, Integer, Real
 
 from automl_images.controller import spec as spec_module
 from automl_images.controller.distributions import parse
-from automl_images.controller.search import SAMPLERS, Observation, axes, bayesian, make_sampler
+from automl_images.controller.search import SAMPLERS, Observation, acquisition, axes, bayesian, make_sampler
 from automl_images.controller.search.bayesian import BayesianSampler, choose_subspace
 from automl_images.controller.search.random import RandomSampler, random_proposal
 from automl_images.controller.spec import parse_job
@@ -222,6 +224,84 @@ def test_a_batch_spreads_out_and_avoids_running_trials():
     points = [(p.params["learning_rate"], p.params["momentum"]) for p in batch] + [(0.05, 0.8)]
     distances = [math.dist(a, b) for i, a in enumerate(points) for b in points[i + 1:]]
     assert len(batch) == 4 and min(distances) > 1e-3  # no two proposals (nor a running trial) coincide
+
+
+def test_a_batch_is_spread_by_believing_its_pending_points():
+    """4 proposals at once land apart (in normalised units), each where one proposal would go
+    given the earlier ones as running trials, and the same again from the same history."""
+    spec = spec_of("- momentum: uniform(0, 1)\n  beta1: uniform(0, 1)", seed=3,
+                   options="{n_initial_points: 5, estimator: gp}")
+    history = observe(make_sampler(spec), lambda p: -(p["momentum"] - 0.3) ** 2 - (p["beta1"] - 0.6) ** 2, 8)
+    batch = make_sampler(spec).ask([8, 9, 10, 11], history)
+    assert make_sampler(spec).ask([8, 9, 10, 11], list(reversed(history))) == batch
+    points = [(p.params["momentum"], p.params["beta1"]) for p in batch]
+    assert min(math.dist(a, b) for i, a in enumerate(points) for b in points[i + 1:]) > 0.02, points
+    running = [Observation(0, batch[0].params, None, "t0008")]
+    assert make_sampler(spec).ask([9], history, running) == batch[1:2]
+
+
+def test_believing_keeps_the_kernel_and_the_mean_and_removes_the_uncertainty():
+    space = acquisition.space_of([Real(0.0, 1.0)])
+    points = [[x] for x in (0.1, 0.3, 0.5, 0.9)]
+    ys = [math.sin(6 * x[0]) for x in points]
+    model = acquisition.fit("gp", space, points, ys, seed=0)
+    believer = acquisition.believe(model, space, points, ys, [[0.7]])
+    assert believer.kernel_.get_params()["k1"] == model.kernel_.get_params()["k1"]
+    before_mean, before_std = model.predict(space.transform([[0.7]]), return_std=True)
+    mean, std = believer.predict(space.transform([[0.7]]), return_std=True)
+    assert mean[0] == pytest.approx(before_mean[0], abs=1e-3 * abs(before_mean[0]) + 1e-6)
+    assert before_std[0] > 0.05 and std[0] < 0.25 * before_std[0]  # what remains is the fitted noise
+    assert acquisition.believe(model, space, points, ys, []) is model
+
+
+def test_log_uniform_inputs_are_searched_on_a_log_scale():
+    space = acquisition.space_of([Real(1e-4, 1e-1, prior="log-uniform")])
+    assert space.transform([[math.sqrt(1e-4 * 1e-1)]])[0][0] == pytest.approx(0.5)
+    # the local search moves by factors: as far up as down from 1e-3, not by the same amount
+    draws = np.array(acquisition.local_draws(space, [[1e-3]], 0.05, 2000, np.random.default_rng(0)))[:, 0]
+    assert np.median(np.log10(draws / 1e-3)) == pytest.approx(0.0, abs=0.02)
+    assert np.percentile(np.log10(draws / 1e-3), 84) == pytest.approx(0.05 * 3, rel=0.15)  # 0.05 of 3 decades
+
+
+def test_local_draws_keep_categories_and_integers_in_range():
+    space = acquisition.space_of([Categorical(["a", "b", "c"]), Integer(1, 5), Real(0.0, 1.0)])
+    draws = acquisition.local_draws(space, [["b", 5, 1.0]], 0.2, 300, np.random.default_rng(1))
+    assert all(d[0] in "abc" and 1 <= d[1] <= 5 and 0.0 <= d[2] <= 1.0 for d in draws)
+    kept = sum(d[0] == "b" for d in draws) / len(draws)  # changed with probability 1/3 (to any of 3)
+    assert 0.7 < kept < 0.85 and all(float(d[1]).is_integer() for d in draws)
+
+
+def test_the_kernel_prior_and_its_gradient():
+    theta = np.log([0.7, 0.05, 1.0, 30.0, 1e-3])  # amplitude, three length scales, noise
+    penalty, gradient = acquisition.log_prior_penalty(theta)
+    numeric = [(acquisition.log_prior_penalty(theta + step)[0] - acquisition.log_prior_penalty(theta - step)[0]) / 2e-6
+               for step in np.eye(len(theta)) * 1e-6]
+    assert gradient == pytest.approx(numeric, rel=1e-4)
+    # a length scale of 1 costs least; 0.05 and 30 cost a lot (0.1 * (l**2 + l**-2))
+    assert gradient[2] == pytest.approx(0.0) and gradient[1] < -10 and gradient[3] > 10
+
+
+@pytest.mark.parametrize("space", ["- optimizer: choice(sgd, adam, adamw)\n  model_name: choice(resnet18, mobilenetv2)",
+                                   "- optimizer: choice(sgd, adam)", "- number_of_epochs: quniform(5, 20, 1)"])
+def test_categories_and_integers_alone(space):
+    """A GP over categories only (skopt's Hamming kernel, which has no gradient to polish with) or
+    integers only still proposes, one at a time and in batches."""
+    spec = spec_of(space, options="{n_initial_points: 2, estimator: gp}")
+    history = observe(make_sampler(spec), lambda p: 0.5 + 0.1 * (p.get("optimizer") == "adam"), 5)
+    assert len(make_sampler(spec).ask([5, 6, 7], history)) == 3
+
+
+def test_initial_points_count_running_trials():
+    """n_initial_points counts trials, running ones too: with 4 results and 5 initial points, the
+    first of a batch of 4 is still a random draw and the other 3 come from the model."""
+    spec = spec_of(ONE_D, seed=13, options="{n_initial_points: 5, estimator: gp}")
+    history = observe(make_sampler(spec), objective_lr, 4)
+    batch = make_sampler(spec).ask([4, 5, 6, 7], history)
+    assert batch[0] == random_proposal(spec, 0, 4)
+    assert all(p != random_proposal(spec, 0, i) for i, p in zip((5, 6, 7), batch[1:]))
+    # nothing finished yet: only random draws, however many run
+    assert make_sampler(spec).ask([6], [], [Observation(0, o.params, None, o.key) for o in history]) == \
+        [random_proposal(spec, 0, 6)]
 
 
 def test_parallel_initial_points_are_the_random_ones():
