@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from automl_images.trainer.detection_labels import DetectionObject
+from automl_images.core.detection_labels import DetectionObject
 from automl_images.trainer.detection_metrics import COCO_STATS, ImageResult, detection_metrics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))

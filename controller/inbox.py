@@ -2,6 +2,8 @@
 
     <root>/inbox/fridge.yaml  ─►  jobs/fridge/job.yaml     the user's bytes, as they were
                                   jobs/fridge/spec.json    the validated spec (accepted.py)
+                                  jobs/fridge/data_check.json  check-data's report on its data
+                                  jobs/fridge/split.json   the validation split, without validation data
                                   jobs/fridge/state.json   running, or rejected with error.json
 
 Each step is written before the next, and repeating them after a crash finishes the move: the job
@@ -16,12 +18,13 @@ from typing import Callable
 
 from automl_images.core.layout import Root, job_id_from_name
 from automl_images.core.problems import Problem
-from automl_images.core.storage import Storage, resolve
+from automl_images.core.storage import InvalidJSON, Storage, json_bytes, resolve
 
 from . import accepted
 from .job_state import JobStates
 from .launch.extras import TRAINER_INSTALL, trainer_installed
 from .spec import JobSpec, JobSpecError, parse_job_bytes
+from .submit import check_data
 
 
 def accept(root: Root, name: str, states: JobStates, log: Callable[[str], None], now: float) -> str | None:
@@ -29,7 +32,8 @@ def accept(root: Root, name: str, states: JobStates, log: Callable[[str], None],
     controller took it)."""
     def settle(job_id: str, data: bytes) -> None:
         try:
-            spec = _validated(root, data, root.storage.url(root.inbox_key(name)))
+            spec = _validated(root, data, root.storage.url(root.inbox_key(name)), _submitted_data(root, job_id, data))
+            _check_data(root, job_id, spec, root.storage.url(root.inbox_key(name)))
         except JobSpecError as exc:
             states.reject(job_id, exc)
             log(f"job {job_id}: rejected\n{exc}")
@@ -89,13 +93,39 @@ def _job_id_for(root: Root, name: str, data: bytes, now: float) -> str:
     return f"{base[:54]}-{hashlib.sha256(data + str(now).encode()).hexdigest()[:8]}"
 
 
-def _validated(root: Root, data: bytes, source: str) -> JobSpec:
-    """The job file's spec, its data paths made absolute (relative ones are relative to the job
-    file) and checked, and its warm-start jobs found."""
+def _check_data(root: Root, job_id: str, spec: JobSpec, source: str) -> None:
+    """The whole data check (core/datacheck.py), its report kept in the job folder; JobSpecError with
+    its errors when training would fail. Without validation data, the split every trial will use is
+    written once (a repeat after a crash finds it there)."""
+    report = check_data(spec, source)
+    root.storage.write_json(root.data_check(job_id), report.to_json())
+    if not report.ok:
+        raise JobSpecError(source, report.problems())
+    split = report.split_json()
+    if split is not None:
+        root.storage.create_exclusive(root.job_split(job_id), json_bytes(split))
+
+
+def _submitted_data(root: Root, job_id: str, data: bytes) -> dict[str, str]:
+    """Where `submit` put the data of the job file `data` (its submission record); empty for a file
+    dropped into the inbox by hand, or one that is not the file submitted under this id."""
+    try:
+        record = root.storage.read_json(root.submission(job_id))
+    except InvalidJSON:
+        return {}
+    if not isinstance(record, dict) or record.get("job_file_sha256") != hashlib.sha256(data).hexdigest():
+        return {}
+    return {k: v for k, v in (record.get("data") or {}).items() if isinstance(v, str)}
+
+
+def _validated(root: Root, data: bytes, source: str, submitted: dict[str, str]) -> JobSpec:
+    """The job file's spec, its data paths made absolute (where submit put them; otherwise relative
+    ones are relative to the job file) and checked, and its warm-start jobs found."""
     spec = parse_job_bytes(data, source)
     spec = dataclasses.replace(
-        spec, training_data=resolve(spec.training_data, source),
-        validation_data=resolve(spec.validation_data, source) if spec.validation_data else None)
+        spec, training_data=submitted.get("training_data") or resolve(spec.training_data, source),
+        validation_data=(submitted.get("validation_data") or resolve(spec.validation_data, source))
+        if spec.validation_data else None)
     problems = []
     for field_name in ("training_data", "validation_data"):
         url = getattr(spec, field_name)

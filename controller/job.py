@@ -19,7 +19,7 @@ from automl_images.core.records import JobStatus, JobView, TrialView
 from automl_images.core.seeds import trial_seed
 from automl_images.core.trial_spec import TrialSpec
 
-from . import accepted, leaderboard, warmstart
+from . import accepted, leaderboard, mlflow_sync, report, warmstart
 from .costs import Costs, hourly_price
 from .job_state import JobStates
 from .launch import LaunchRequest
@@ -58,12 +58,13 @@ class JobController:
         self.progress = Progress(job_id, spec, context.log, context.clock)
         self._sweeps = {trial: view.sweep for trial, view in finished.items()}
         self._summarized = len(finished)            # finished trials in trials.json, as last read or written
+        self._told: set[tuple[str, str]] = set()     # the torn trial files logged (trial, why): once each
 
     @classmethod
     def load(cls, context: Context, job_id: str) -> "JobController":
         """From the bucket: the saved spec (JobSpecError when another version saved it), the
         finished trials of trials.json, and the warm-start seeds (gathered and saved on first use)."""
-        spec = accepted.upgrade(context.root, job_id)
+        spec = accepted.upgrade(context.root, job_id, context.log)
         seeds = warmstart.seeds(context.root, job_id, spec, context.log) if spec.warm_start else []
         return cls(context, job_id, spec, trials.read_summary(context.root, job_id), seeds)
 
@@ -96,30 +97,52 @@ class JobController:
             view = self.finished.get(trial) or self._read_trial(trial)
             if view is None:
                 continue
+            if view.damaged:
+                self._tell_damaged(view)
             if view.is_terminal and trial not in self.finished:
                 self._settle(view)
                 self.finished[trial] = view
             views.append(view)
         return views
 
+    def _tell_damaged(self, view: TrialView) -> None:
+        """Say, once, which of the trial's files were torn (trials.read_trial rebuilds them). The
+        controller writes back those it writes: stop.json at once (`_rewrite_stop`), launch.json
+        when it launches the trial again; and status.json only then too, since until the run has
+        ended its trainer may still write it."""
+        for why in view.damaged.values():
+            if (view.trial_id, why) not in self._told:
+                self._told.add((view.trial_id, why))
+                self.context.log(f"job {self.job_id}: trial {view.trial_id}: {why}; read as rebuilt")
+        if FILES.spec in view.damaged and (view.status or {}).get("rebuilt") == view.damaged[FILES.spec]:
+            # failed for its spec (no run of it is going): the verdict in its folder too
+            self.root.storage.write_json(self.root.trial_key(self.job_id, view.trial_id, FILES.status), view.status)
+
+    def _rewrite_stop(self, view: TrialView) -> None:
+        self.root.storage.write_json(self.root.trial_key(self.job_id, view.trial_id, FILES.stop), view.stop)
+
     def _read_trial(self, trial: str) -> TrialView | None:
         launcher, now = self.context.launcher, self.context.clock()
         view = trials.read_trial(self.root, self.job_id, trial, self._sweeps.get(trial), now=now,
-                                 poll=lambda launch: launcher(launch["launcher"]).poll(launch["handle"]))
+                                 poll=lambda launch: launcher(launch["launcher"]).poll(launch["handle"]),
+                                 rewrite_stop=self._rewrite_stop)
         if view is not None:
             self._sweeps[trial] = view.sweep
             view.cost_usd = self.costs.until(view.launch, now)  # as the launcher prices a running attempt
         return view
 
     def _settle(self, view: TrialView) -> None:
-        """A finished trial's final cost, written once into its launch.json."""
+        """A finished trial's final cost, written once into its launch.json, and what its last run
+        printed, kept in its folder (logs/launcher-attempt-N.log)."""
+        if view.launched:
+            self._save_launcher_log(view.trial_id, view.launch)
         if self.costs.settle(view):
             self.root.storage.write_json(self.root.trial_key(self.job_id, view.trial_id, FILES.launch), view.launch)
 
-    def _save_summary(self) -> None:
+    def _save_summary(self, always: bool = False) -> None:
         """trials.json, when trials finished since it was last read or written (their own files
-        are final by then)."""
-        if len(self.finished) != self._summarized:
+        are final by then), or `always` (the job's end: a summary torn since is written whole)."""
+        if always or len(self.finished) != self._summarized:
             trials.write_summary(self.root, self.job_id, self.finished)
             self._summarized = len(self.finished)
 
@@ -151,16 +174,28 @@ class JobController:
             hyperparameters=spec.trial_hyperparameters(sweep["subspace"], sweep["params"]),
             output=self.root.trial_url(self.job_id, trial), seed=trial_seed(spec.seed, index),
             weights_cache=spec.weights_cache, datastores=spec.datastores, compile=spec.compile,
-            lenient_labels=spec.lenient_labels, sweep=sweep)
+            lenient_labels=spec.lenient_labels, keep_checkpoints=spec.keep_checkpoints,
+            allow_private_image_urls=spec.allow_private_image_urls, split=self._split_url(), sweep=sweep)
+
+    def _split_url(self) -> str | None:
+        """The job's split file (written at acceptance when it has no validation data); None for a
+        job accepted before splits were saved, whose trials then split by their own seed."""
+        key = self.root.job_split(self.job_id)
+        if self.spec.validation_data is None and self.root.storage.exists(key):
+            return self.root.storage.url(key)
+        return None
 
     def _launch(self, job: JobView, action: Launch) -> None:
         """The intent first, then the launch, then its handle: a crash in between launches again,
         and the launcher adopts the run that is already there instead of starting a second one."""
-        if not any(t.trial_id == action.trial_id for t in job.trials):
+        view = next((t for t in job.trials if t.trial_id == action.trial_id), None)
+        if view is None:
             return  # not created by this pass (another controller did, while leases overlapped): its own
+        if FILES.status in view.damaged:  # the trainer reads it when it starts: whole, as rebuilt
+            self.root.storage.write_json(self.root.trial_key(self.job_id, action.trial_id, FILES.status), view.status)
         launcher = self.context.launcher(self.spec.compute.launcher)
         key = self.root.trial_key(self.job_id, action.trial_id, FILES.launch)
-        previous = self.root.storage.read_json(key) or {}
+        previous = view.launch or {}
         if previous.get("handle") and action.attempt > previous.get("attempt", 0):
             self._save_launcher_log(action.trial_id, previous)
         # What the earlier attempts cost (a lost run is charged until now: when it died is unknown).
@@ -192,8 +227,6 @@ class JobController:
     def _finish_trial(self, job: JobView, action: FinishTrial) -> None:
         """The controller's verdict in the trial's status.json, for a run that ended without the trainer's."""
         view = _find(job, action.trial_id)
-        if view.launched:
-            self._save_launcher_log(action.trial_id, view.launch)
         status = dict(view.status or {})
         status.update(status=action.status.value, reason=action.reason, updated_at=self.context.clock(),
                       finished_by="controller")
@@ -215,7 +248,7 @@ class JobController:
         """trials.json, the leaderboard and, when final, the best model: all before the state that
         counts them, so a job that says it is completed has its best model."""
         storage = self.root.storage
-        self._save_summary()
+        self._save_summary(always=action.final)
         board = leaderboard.build(self.spec.primary_metric, job.trials, self.spec.search_space)
         best = leaderboard.best_trial(board) if action.final else None
         if best is not None:
@@ -225,6 +258,10 @@ class JobController:
                                {**best, "model_url": storage.url(self.root.best(self.job_id))})
         storage.write_text(self.root.leaderboard(self.job_id, "csv"), leaderboard.to_csv(board))
         storage.write_text(self.root.leaderboard(self.job_id, "json"), leaderboard.to_json(board))
+        # Publish comes only when the set of finished trials changed, and at the end: so does the report
+        # (at most once a minute until the end).
+        report.refresh(self.root, self.job_id, self.context.log, final=action.final)
+        mlflow_sync.sync(self.root, self.job_id, self.spec, job.trials, action.final, self.context.log)
         self.context.states.published(self.job_id, job.state, sum(t.is_terminal for t in job.trials), job.cost_usd)
 
     def _set_status(self, job: JobView, action: SetJobStatus) -> None:

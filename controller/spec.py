@@ -19,10 +19,12 @@ import yaml
 
 from automl_images.core import hyperparameters as hps
 from automl_images.core import models
+from automl_images.core.annotations import same_file
 from automl_images.core.hyperparameters import Kind, Task
 from automl_images.core.problems import Problem
+from automl_images.core.storage import resolve
 
-from . import distributions
+from . import automode, azure_job, distributions
 from .distributions import Distribution, DistributionError
 from .launch.extras import SKYPILOT_INSTALL, skypilot_installed
 
@@ -59,7 +61,9 @@ class JobSpecError(ValueError):
 
     def to_json(self) -> dict[str, Any]:
         return {"error": "invalid job file", "source": self.source,
-                "problems": [{"path": p.field, "line": p.line, "message": p.message} for p in self.problems],
+                # a problem of another file (a data file's line) names it
+                "problems": [{"path": p.field, "line": p.line, "message": p.message,
+                              **({"file": p.source} if p.source != self.source else {})} for p in self.problems],
                 "message": str(self)}
 
 
@@ -139,12 +143,21 @@ class JobSpec:
     datastores: dict[str, str] = dataclasses.field(default_factory=dict)  # Azure datastore name → root URL
     compile: bool = False                     # torch.compile the model in every trial
     lenient_labels: bool = False              # detection: clip and report out-of-bounds boxes, not refuse
+    allow_private_image_urls: bool = False    # web image URLs may point into private networks (core/addresses.py)
+    keep_checkpoints: bool = False            # finished trials keep checkpoints/last.pt (resume state)
+    # Where the controller logs the job and its trials (controller/mlflow_sync.py); None: the
+    # controller's MLFLOW_TRACKING_URI, if set.
+    mlflow_tracking_uri: str | None = None
     name: str | None = None
     sampling_options: SamplingOptions = SamplingOptions()
     warm_start: tuple[str, ...] = ()          # earlier job ids whose finished trials seed the sampler
     # The registry's value of every hyperparameter for each model the space can sample, as it was
     # when the job was accepted: the job's trials keep them when the registry changes afterwards.
     defaults: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # Azure fields that have no meaning here, accepted: one line each saying so (validate prints them)
+    notices: tuple[str, ...] = ()
+    # AutoMode: no search space and max_trials above one, so the task's curated space (controller/automode.py)
+    automode: bool = False
 
     def trial_hyperparameters(self, subspace: int, params: dict[str, Any]) -> dict[str, Any]:
         """The values a trial runs with: the subspace's constants, the fixed arguments that apply
@@ -217,7 +230,7 @@ class JobSpec:
                 compute=Compute(**compute),
                 early_termination=None if early is None else EarlyTermination(**early),
                 sampling_options=SamplingOptions(**data.get("sampling_options", {})),
-                warm_start=tuple(data.get("warm_start", ())))
+                warm_start=tuple(data.get("warm_start", ())), notices=tuple(data.get("notices", ())))
             return cls(**fields)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise JobSpecError(source, [Problem(source, "", f"not a saved job spec of version {SCHEMA_VERSION}: "
@@ -419,13 +432,21 @@ def _render_path(path: tuple) -> str:
 
 
 class _Checker:
-    def __init__(self, source: str, lines: dict[tuple, int]):
+    def __init__(self, source: str, lines: dict[tuple, int], origin=lambda path: path):
         self.source = source
         self.lines = lines
+        self.origin = origin  # a setting's path in the native mapping → where the file wrote it
         self.problems: list[Problem] = []
 
     def add(self, path: tuple, message: str) -> None:
-        self.problems.append(Problem(self.source, _render_path(path), message, _line(self.lines, path)))
+        self.add_written(self.origin(path), message)
+
+    def add_written(self, path: tuple, message: str) -> None:
+        """A problem of the setting at `path` as the file wrote it."""
+        self.problems.append(self.problem(path, message))
+
+    def problem(self, path: tuple, message: str) -> Problem:
+        return Problem(self.source, _render_path(path), message, _line(self.lines, path))
 
     def mapping(self, value: Any, path: tuple, allowed: dict[str, str], aliases: dict[str, str] | None = None
                 ) -> dict[str, Any]:
@@ -524,6 +545,9 @@ _TOP = {
     "datastores": "Azure datastore names mapped to root URLs, for image_url AmlDatastore://<name>/<path>",
     "compile": "true: torch.compile the model in every trial",
     "lenient_labels": "detection and segmentation: clip boxes and polygons slightly out of [0, 1] and report them",
+    "allow_private_image_urls": "true: image URLs may point to loopback, private and link-local addresses",
+    "keep_checkpoints": "true: finished trials keep checkpoints/last.pt (by default only the model and metrics stay)",
+    "mlflow_tracking_uri": "MLflow tracking URI the controller logs the job, its trials and best model to",
     "sampling_options": "bayesian: estimator (gp | rf | et), n_initial_points",
     "warm_start": "earlier job ids whose finished trials seed bayesian sampling",
 }
@@ -551,7 +575,11 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     """Validate a job file's text. Raises JobSpecError listing every problem."""
     check_file_size(len(text.encode("utf-8")), source)
     data, lines = _load_yaml(text, source)
-    check = _Checker(source, lines)
+    translation = azure_job.translate(data)  # Azure ML's own job files; a native one unchanged
+    data = translation.data
+    check = _Checker(source, lines, translation.origin)
+    for path, message in translation.problems:
+        check.add_written(path, message)
     if data is None:
         raise JobSpecError(source, [Problem(source, "", "the job file is empty")])
     top = check.mapping(data, (), _TOP, _TOP_ALIASES)
@@ -567,9 +595,9 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
         except ValueError:
             check.add(("task",), _unknown(str(top["task"]), [t.value for t in Task], "task"))
 
-    training_data = check.text(top["training_data"], ("training_data",)) if "training_data" in top else \
+    training_data = _data(check, top["training_data"], "training_data") if "training_data" in top else \
         check.add(("training_data",), "is required: the training JSONL")
-    validation_data = check.text(top["validation_data"], ("validation_data",)) \
+    validation_data = _data(check, top["validation_data"], "validation_data") \
         if top.get("validation_data") is not None else None
 
     primary_metric = None
@@ -592,21 +620,40 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     compile_model = top.get("compile", False)
     if not isinstance(compile_model, bool):
         check.add(("compile",), f"must be true or false, got {compile_model!r}")
+    keep_checkpoints = top.get("keep_checkpoints", False)
+    if not isinstance(keep_checkpoints, bool):
+        check.add(("keep_checkpoints",), f"must be true or false, got {keep_checkpoints!r}")
     lenient_labels = top.get("lenient_labels", False)
     if not isinstance(lenient_labels, bool):
         check.add(("lenient_labels",), f"must be true or false, got {lenient_labels!r}")
     elif lenient_labels and task is not None and task.is_classification:
         check.add(("lenient_labels",), f"applies to object detection and instance segmentation, not to {task.value}")
+    allow_private = top.get("allow_private_image_urls", False)
+    if not isinstance(allow_private, bool):
+        check.add(("allow_private_image_urls",), f"must be true or false, got {allow_private!r}")
+    if training_data and validation_data and same_file(resolve(training_data, source),
+                                                       resolve(validation_data, source)):
+        check.add(("validation_data",), "is the training data: validation scores on it measure memory, not "
+                                        "learning; leave validation_data out to split off split_ratio of the "
+                                        "training data")
     sampling_options = _sampling_options(check, sampling, top.get("sampling_options"))
     warm_start = _warm_start(check, sampling, top.get("warm_start"),
                              ("resume_from",) if "resume_from" in data else ("warm_start",))
     name = check.text(top["name"], ("name",)) if top.get("name") is not None else None
+    mlflow_tracking_uri = check.text(top["mlflow_tracking_uri"], ("mlflow_tracking_uri",)) \
+        if top.get("mlflow_tracking_uri") is not None else None
 
     search_space: list[dict[str, Value]] = []
     arguments: dict[str, Any] = {}
     if task is not None:
-        search_space = _search_space(check, task, top.get("search_space"))
+        use_automode = automode.applies(top.get("search_space"), limits.max_trials, sampling)
+        search_space = _search_space(check, task, automode.space(task, _argument_values(top.get("arguments")))
+                                     if use_automode else top.get("search_space"))
         arguments = _arguments(check, task, top.get("arguments"), search_space)
+        for i, space in enumerate(search_space):
+            if isinstance(space.get("split_ratio"), Distribution):
+                check.add(("search_space", i, "split_ratio"), "cannot be sampled: every trial of a job is scored "
+                                                              "on one validation split; give one value")
         if sampling == "grid":
             for i, space in enumerate(search_space):
                 for hp_name, value in space.items():
@@ -621,8 +668,27 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
                    primary_metric=primary_metric, sampling=sampling, search_space=tuple(search_space),
                    arguments=arguments, limits=limits, compute=compute, early_termination=early, seed=seed,
                    weights_cache=weights_cache, name=name, datastores=datastores, compile=compile_model is True,
-                   lenient_labels=lenient_labels is True, sampling_options=sampling_options, warm_start=warm_start,
-                   defaults=_registry_defaults(task, search_space))
+                   lenient_labels=lenient_labels is True, allow_private_image_urls=allow_private is True,
+                   keep_checkpoints=keep_checkpoints is True, mlflow_tracking_uri=mlflow_tracking_uri,
+                   sampling_options=sampling_options, warm_start=warm_start,
+                   defaults=_registry_defaults(task, search_space), automode=use_automode,
+                   notices=tuple(str(check.problem(path, message)) for path, message in translation.notices))
+
+
+def native_job(text: str, source: str = "job.yaml") -> dict[str, Any]:
+    """The native job a valid job file becomes (what `validate --explain` prints): an Azure job
+    translated, distributions as text, AutoMode's space filled in. Raises JobSpecError as
+    `parse_job` does."""
+    spec = parse_job(text, source)
+    data = azure_job.translate(_load_yaml(text, source)[0]).data
+    if spec.automode:
+        data["search_space"] = automode.space(spec.task, _argument_values(data.get("arguments")))
+    spaces = data.get("search_space")
+    for space in spaces if isinstance(spaces, list) else [spaces] if isinstance(spaces, dict) else []:
+        for name, value in space.items():
+            if isinstance(value, dict) and "distribution" in value:
+                space[name] = str(distributions.make(value["distribution"], tuple(value.get("args", ()))))
+    return data
 
 
 def parse_job_bytes(data: bytes, source: str = "job.yaml") -> JobSpec:
@@ -640,6 +706,18 @@ def check_file_size(size: int, source: str) -> None:
     if size > MAX_FILE_BYTES:
         raise JobSpecError(source, [Problem(source, "", f"the job file has {size} bytes; a job file may have at most "
                                                         f"{MAX_FILE_BYTES} (1 MiB, the limit)")])
+
+
+def _data(check: _Checker, raw: Any, key: str) -> str | None:
+    """A data field's path: a JSONL file's, or `{path, type: mltable}` (an MLTable folder, as Azure
+    writes it)."""
+    if not isinstance(raw, dict):
+        return check.text(raw, (key,))
+    values = check.mapping(raw, (key,), {"path": "the MLTable folder", "type": "mltable"})
+    if values.get("type") != "mltable":
+        check.add((key, "type"), f"a data mapping is an MLTable folder (type: mltable), got {values.get('type')!r}; "
+                                 "give a JSONL file as text")
+    return check.text(values.get("path"), (key, "path"))
 
 
 def _datastores(check: _Checker, raw: Any) -> dict[str, str]:
@@ -783,7 +861,8 @@ def _early_termination(check: _Checker, raw: Any) -> EarlyTermination | None:
     if raw.get("policy", raw.get("type")) is None:
         check.add(("early_termination",), f"needs a policy: one of {', '.join(POLICIES)}")
         return None
-    policy = check.one_of(raw.get("policy", raw.get("type")), ("early_termination", "policy"), POLICIES, "policy")
+    key = "policy" if "policy" in raw else "type"  # Azure writes type
+    policy = check.one_of(raw[key], ("early_termination", key), POLICIES, "policy")
     if policy is None:
         return None
     allowed = {"policy": "", **{k: "" for k in _POLICY_KEYS[policy]}}
@@ -873,7 +952,8 @@ def _hyperparameter_problem(task: Task, name: str, model_names: list[str]) -> st
     if definition.models:
         wrong = [m for m in model_names if m not in definition.models]
         if wrong:
-            return f"{name} applies only to {', '.join(definition.models)}, not to {', '.join(wrong)}"
+            own = [m for m in definition.models if m in models.MODELS and task in models.MODELS[m].tasks]
+            return f"{name} applies only to {', '.join(own)}, not to {', '.join(wrong)}"
     return None
 
 
@@ -896,10 +976,16 @@ def _search_space(check: _Checker, task: Task, raw: Any) -> list[dict[str, Value
             check.add(path, f"must be a mapping of hyperparameter: value or distribution, got {_type(subspace)}")
             continue
         space: dict[str, Value] = {}
-        for name, value in subspace.items():
-            parsed = _value(check, path + (name,), value)
+        written: dict[str, Any] = {}  # each setting's key as the file wrote it (an alias, maybe)
+        for key, value in subspace.items():
+            name = hps.canonical_name(str(key))
+            if name in written:
+                check.add(path + (key,), f"sets {name} a second time (as {written[name]!r} too)")
+                continue
+            written[name] = key
+            parsed = _value(check, path + (key,), value)
             if parsed is not _INVALID:
-                space[str(name)] = parsed
+                space[name] = parsed
         model_value = space.get("model_name", hps.DEFAULT_MODELS[task])
         model_names = _model_names(check, task, path + ("model_name",), model_value)
         if model_names:
@@ -912,15 +998,16 @@ def _search_space(check: _Checker, task: Task, raw: Any) -> list[dict[str, Value
         for name, value in list(space.items()):
             if name == "model_name":
                 continue
+            here = path + (written[name],)
             problem = _hyperparameter_problem(task, name, model_names)
             if problem:
-                check.add(path + (name,), problem)
+                check.add(here, problem)
                 del space[name]
                 continue
-            _check_value(check, path + (name,), hps.HYPERPARAMETERS[name], value)
+            _check_value(check, here, hps.HYPERPARAMETERS[name], value)
             problem = _input_size_problem(name, value, model_names)
             if problem:
-                check.add(path + (name,), problem)
+                check.add(here, problem)
         spaces.append(space)
     return spaces
 
@@ -1041,7 +1128,11 @@ def _arguments(check: _Checker, task: Task, raw: Any, spaces: list[dict[str, Val
         return {}
     all_models = sorted({m for s in spaces for m in _space_models(s)})
     out = {}
-    for name, value, item_path in pairs:
+    for written, value, item_path in pairs:
+        name = hps.canonical_name(written)
+        if name in out:
+            check.add(item_path, f"sets {name} a second time")
+            continue
         definition = hps.HYPERPARAMETERS.get(name)
         applicable = [m for m in all_models if definition and definition.applies_to(task, m)]
         problem = _hyperparameter_problem(task, name, applicable or all_models)
@@ -1065,6 +1156,13 @@ def _arguments(check: _Checker, task: Task, raw: Any, spaces: list[dict[str, Val
             continue
         out[name] = coerced
     return out
+
+
+def _argument_values(raw: Any) -> dict[str, Any]:
+    """The settings `arguments` fixes (a mapping, or Azure's list form), by their registry names, as
+    written (they are checked by `_arguments`)."""
+    pairs = raw.items() if isinstance(raw, dict) else zip(raw[0::2], raw[1::2]) if isinstance(raw, list) else ()
+    return {hps.canonical_name(str(name).removeprefix("--")): value for name, value in pairs}
 
 
 def _input_size_problem(name: str, value: Value, model_names: list[str], in_arguments: bool = False) -> str | None:

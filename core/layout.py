@@ -6,13 +6,19 @@
     <root>/jobs/<job_id>/spec.json               the validated job spec, defaults resolved, data
                                                  paths made absolute (saved once, at acceptance)
     <root>/jobs/<job_id>/state.json              the job's status (records.JobStatus)
+    <root>/jobs/<job_id>/automode.json           AutoMode's curated search space, when the job
+                                                 gave none (controller/automode.py), at acceptance
     <root>/jobs/<job_id>/error.json              why the job was rejected or failed
+    <root>/jobs/<job_id>/data_check.json         check-data's report on the job's data, at acceptance
+    <root>/jobs/<job_id>/split.json              without validation data: the validation split every
+                                                 trial uses (core/split.py), written once
     <root>/jobs/<job_id>/cancel.json             a cancel request (`automl-images cancel`)
     <root>/jobs/<job_id>/lease-<n>.json          the chain of leases of the controller acting on it
     <root>/jobs/<job_id>/warm_start.json         the warm-start seeds, gathered once
     <root>/jobs/<job_id>/trials.json             every finished trial in one object (a cache)
     <root>/jobs/<job_id>/leaderboard.json|.csv   trials ranked by the primary metric
     <root>/jobs/<job_id>/best/                   a copy of the best trial's model/ and trial.json
+    <root>/jobs/<job_id>/report.html             the HTML report (controller/report.py)
     <root>/jobs/<job_id>/trials/<trial_id>/      one trial: the files of `TrialFiles`
 
 A root is any fsspec URL or a local folder.
@@ -51,6 +57,8 @@ class TrialFiles:
       `checkpoints/epoch_NNNN.pt` the extra ones kept every `checkpoint_frequency` epochs
     - `model/`            the final model: `model.pt` (weights) and `model.json` (labels, preprocessing)
     - `logs/`             the trainer's log and, once an attempt ended, the launcher's
+    - `best_predictions.json` the best epoch's predictions on the first validation images, beside
+                          their ground truth (trainer/best_predictions.py; the report draws them)
     """
     spec: str = "spec.json"
     status: str = "status.json"
@@ -63,6 +71,7 @@ class TrialFiles:
     logs_dir: str = "logs"
     trainer_log: str = "logs/trainer.log"
     launch: str = "launch.json"
+    best_predictions: str = "best_predictions.json"
 
     def metrics(self, evaluation: int) -> str:
         return f"{self.metrics_dir}/{evaluation:06d}.json"
@@ -118,6 +127,11 @@ class Root:
     def upload_prefix(self, job: str) -> str:
         return join(UPLOADS, job)
 
+    def submission(self, job: str) -> str:
+        """What `submit` resolved for the job file it dropped into the inbox (where its data is):
+        the inbox file stays the user's bytes. Created before anything is uploaded: it reserves the id."""
+        return join(UPLOADS, job, "submission.json")
+
     # -- jobs -----------------------------------------------------------------------------------
     def job_ids(self) -> list[str]:
         return self.storage.list(JOBS)
@@ -136,6 +150,15 @@ class Root:
 
     def job_error(self, job: str) -> str:
         return self.job_key(job, "error.json")
+
+    def automode_space(self, job: str) -> str:
+        return self.job_key(job, "automode.json")
+
+    def data_check(self, job: str) -> str:
+        return self.job_key(job, "data_check.json")
+
+    def job_split(self, job: str) -> str:
+        return self.job_key(job, "split.json")
 
     def cancel_request(self, job: str) -> str:
         return self.job_key(job, "cancel.json")
@@ -158,6 +181,9 @@ class Root:
 
     def best(self, job: str, name: str = "") -> str:
         return self.job_key(job, join("best", name) if name else "best")
+
+    def report(self, job: str) -> str:
+        return self.job_key(job, "report.html")
 
     def best_trial(self, job: str) -> str:
         """The best trial's leaderboard row, with the URL of its model (the rest of best/)."""

@@ -42,6 +42,14 @@ class TrialSpec:
     compile: bool = False              # torch.compile the model (a trainer option, not an Azure one)
     # Detection labels: boxes and polygons a little out of bounds clipped and reported, not refused.
     lenient_labels: bool = False
+    # Finished (completed, or stopped by the controller): keep checkpoints/last.pt, which only a
+    # resume needs; by default the trainer deletes it once its final status is written.
+    keep_checkpoints: bool = False
+    # Web image URLs may point into private networks (the job's allow_private_image_urls, core/addresses.py).
+    allow_private_image_urls: bool = False
+    # Without validation data: the job's split file (core/split.py), written once when the job was
+    # accepted; None (a spec written by hand) splits with `seed`.
+    split: str | None = None
     # What the sampler chose for this trial (subspace index and sampled values): for people and the
     # leaderboard; the trainer runs `hyperparameters`, which already include them.
     sweep: dict[str, Any] = field(default_factory=dict)
@@ -85,7 +93,7 @@ class TrialSpec:
         if not isinstance(datastores, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in datastores.items()):
             raise SpecError(f"trial spec field 'datastores': must map datastore names to root URLs, got {datastores!r}")
-        for flag in ("compile", "lenient_labels"):
+        for flag in ("compile", "lenient_labels", "allow_private_image_urls", "keep_checkpoints"):
             if not isinstance(data.get(flag, False), bool):
                 raise SpecError(f"trial spec field {flag!r}: must be true or false, got {data[flag]!r}")
         fields = {k: v for k, v in data.items() if k in known}

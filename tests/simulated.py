@@ -11,10 +11,14 @@ that no controller launched a trial twice.
 """
 from __future__ import annotations
 
+import io
+import json
 import math
 import threading
 import time
 from typing import Any, Callable
+
+from PIL import Image
 
 from automl_images.controller.launch.base import Handle, LaunchRequest, RunState
 from automl_images.core.layout import FILES
@@ -170,12 +174,28 @@ def sim_job(max_trials: int = 4, concurrent: int = 2, epochs: int = 4, sampling:
 
 
 def submit(root, name: str, text: str) -> str:
-    """Drop a job file into the inbox, its (never read) training data at <root>/data/train.jsonl;
-    returns the job id."""
-    root.storage.write_text("data/train.jsonl", "")
-    text = text.replace("training_data: train.jsonl", f"training_data: {root.storage.url('data/train.jsonl')}")
+    """Drop a job file into the inbox, its training data at <root>/data/train.jsonl (checked when
+    the job is accepted, never trained on); returns the job id."""
+    text = text.replace("training_data: train.jsonl", f"training_data: {write_sim_data(root)}")
     root.storage.write_text(f"inbox/{name}.yaml", text)
     return name
+
+
+# Four 1x1 PNG images, two per class: the least data that the controller's data check accepts.
+_PIXELS = {"a0.png": (255, 0, 0), "a1.png": (200, 0, 0), "b0.png": (0, 0, 255), "b1.png": (0, 0, 200)}
+
+
+def write_sim_data(root, folder: str = "data") -> str:
+    """<root>/<folder>/train.jsonl and its images (once per root); returns the JSONL's URL."""
+    key = f"{folder}/train.jsonl" if folder else "train.jsonl"
+    if not root.storage.exists(key):
+        for name, colour in _PIXELS.items():
+            buffer = io.BytesIO()
+            Image.new("RGB", (1, 1), colour).save(buffer, format="PNG")
+            root.storage.write_bytes(f"{folder}/{name}" if folder else name, buffer.getvalue())
+        root.storage.write_text(key, "".join(json.dumps({"image_url": name, "label": name[0]}) + "\n"
+                                             for name in _PIXELS))
+    return root.storage.url(key)
 
 
 def run_until_done(controller, clock: FakeClock | None = None, step_s: float = 5.0, passes: int = 2000) -> int:

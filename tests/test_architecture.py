@@ -18,13 +18,24 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("core", "controller", "trainer")
 TORCH = {"torch", "torchvision"}
 
-# The controller's only imports of the trainer: the CLI's trainer commands, each imported inside
-# the function that runs it.
+# The controller's only imports of the trainer, each inside the function that needs it: the CLI's
+# trainer commands, the Python API's best model, and the MLflow model that the controller logs
+# (trainer/mlflow_model.py, which imports torch only when the model is loaded).
 CONTROLLER_USES_OF_TRAINER = {
     ("controller/cli.py", "automl_images.trainer.run"),
     ("controller/cli.py", "automl_images.trainer.evaluate"),
     ("controller/cli.py", "automl_images.trainer.convert"),
+    ("controller/cli.py", "automl_images.trainer.predict"),
+    ("controller/cli.py", "automl_images.trainer.serve"),
+    ("controller/cli.py", "automl_images.trainer.onnx_export"),
+    ("controller/submitted.py", "automl_images.trainer.export"),
+    ("controller/mlflow_sync.py", "automl_images.trainer.mlflow_model"),
 }
+# Trainer modules of a command with an extra of its own in pyproject.toml (beyond the trainer's).
+COMMAND_EXTRAS = {"trainer/serve.py": "serve", "trainer/mlflow_model.py": "mlflow",
+                  "trainer/onnx_export.py": "export", "trainer/onnx_runtime.py": "export"}
+# Imports inside `try: ... except ImportError` with a fallback: used when installed, never required.
+OPTIONAL_IMPORTS = {("trainer/predict.py", "tqdm")}
 
 
 @dataclass(frozen=True)
@@ -137,11 +148,13 @@ def test_each_install_has_what_its_side_imports():
         if i.path.split("/")[0] in ("core", "controller") and i.top_level and i.package not in PACKAGES:
             if i.package not in sys.stdlib_module_names and i.package != "__future__":
                 assert distributions(i.package) & base, f"{i.path}: {i.module} is not in the base install\n{shown}"
-    # the trainer needs nothing beyond the base install and its extra
+    # the trainer needs nothing beyond the base install and its extra (and a command's own extra)
     for i in imports:
         if i.path.startswith("trainer/") and i.package not in PACKAGES + ("__future__",):
-            if i.package not in sys.stdlib_module_names:
-                assert distributions(i.package) & (base | trainer), f"{i.path}: {i.module} is in no install\n{shown}"
+            if i.package not in sys.stdlib_module_names and (i.path, i.package) not in OPTIONAL_IMPORTS:
+                extra = requirements(COMMAND_EXTRAS[i.path]) if i.path in COMMAND_EXTRAS else set()
+                assert distributions(i.package) & (base | trainer | extra), \
+                    f"{i.path}: {i.module} is in no install\n{shown}"
     # and the check that the trainer is installed asks for exactly its extra
     assert set().union(*(distributions(m) for m in TRAINER_MODULES)) == trainer
 

@@ -126,11 +126,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(cuda)
 
 
-def loader_workers(device: torch.device, dataset_size: int, batch_size: int, processes_per_node: int = 1) -> int:
-    """DataLoader worker processes. On CPU none: the model's own threads already use every core the
+def loader_workers(device: torch.device, dataset_size: int, batch_size: int, processes_per_node: int = 1,
+                   requested: int | None = None) -> int:
+    """DataLoader worker processes: `requested` (the job's number_of_workers) when set. Otherwise,
+    on CPU none: the model's own threads already use every core the
     trial has, and a worker would only compete with them (and cost a process start per loader).
     On a GPU the CPU decodes while the GPU computes (the workers start once per trial and stay),
     unless the data is two batches or less; the cores are shared by the node's training processes."""
+    if requested is not None:
+        return requested
     if device.type != "cuda" or dataset_size <= 2 * batch_size:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
@@ -225,7 +229,8 @@ def aspect_ratio_groups(sizes: list[tuple[int, int]], factor: int = 3) -> list[i
 
 def make_loader(dataset, batch_size: int, *, train: bool, device: torch.device, seed: int = 0,
                 rank: int = 0, world_size: int = 1, processes_per_node: int = 1,
-                collate_fn: Callable | None = None, group_ids: list[int] | None = None) -> DataLoader:
+                collate_fn: Callable | None = None, group_ids: list[int] | None = None,
+                workers: int | None = None) -> DataLoader:
     """Training: batches from an EpochBatchSampler (call `loader.batch_sampler.set_epoch(e)` before
     each epoch), grouped by `group_ids` when given. Validation: the images in order, split across
     ranks without padding (see distributed.ShardSampler). `collate_fn`: the task's, when its batches
@@ -238,7 +243,7 @@ def make_loader(dataset, batch_size: int, *, train: bool, device: torch.device, 
         sampler = distributed.ShardSampler(len(dataset), rank, world_size) if world_size > 1 \
             else torch.utils.data.SequentialSampler(dataset)
         options = {"batch_size": batch_size, "sampler": sampler}
-    workers = loader_workers(device, len(sampler), batch_size, processes_per_node)
+    workers = loader_workers(device, len(sampler), batch_size, processes_per_node, workers)
     return DataLoader(dataset, collate_fn=collate_fn, num_workers=workers,
                       # Kept between epochs: starting 8 workers costs a second an epoch. Augmentation
                       # does not depend on the workers' RNG (see EpochSampler).
@@ -367,11 +372,15 @@ class EpochContext:
     device: torch.device
     scaler: torch.amp.GradScaler | None = None        # float16 only: bfloat16 needs no loss scaling
     autocast_dtype: torch.dtype | None = None         # None: float32
-    # A batch of inputs, once on the device, -> what the model takes (presets.BatchNormalize).
+    # A batch of inputs, once on the device, -> what the model takes (presets.BatchNormalize;
+    # batch_augment.BatchAugment, which also augments training batches).
     prepare: Callable[[Any], Any] | None = None
     ctx: distributed.Context = field(default_factory=distributed.Context)  # one process
     should_stop: Callable[[], bool] = _never          # this process's stop flag (a signal)
     on_step: Callable[[int, int], None] = no_heartbeat  # (step, steps) after every step: the heartbeat
+    # gradient_accumulation_step: batches whose gradients are summed (each loss divided by it)
+    # before one optimizer step, so that they act as one batch this many times larger
+    accumulation_steps: int = 1
 
 
 def train_one_epoch(context: EpochContext, loader: DataLoader) -> dict[str, Any]:
@@ -406,18 +415,28 @@ def train_one_epoch(context: EpochContext, loader: DataLoader) -> dict[str, Any]
         inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
         if context.prepare is not None:
             inputs = context.prepare(inputs)
+            if channels_last and inputs.dim() == 4:   # batch augmentation's new tensors: the model's format
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
         autocast = context.autocast_dtype
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             loss = context.loss_fn(model, inputs, targets)
-        context.optimizer.zero_grad(set_to_none=True)
-        if context.scaler is not None:
-            context.scaler.scale(loss).backward()
-            context.scaler.step(context.optimizer)
-            context.scaler.update()
-        else:
-            loss.backward()
-            context.optimizer.step()
-        context.lr_scheduler.step()
+        accumulate = context.accumulation_steps
+        if step % accumulate == 0:
+            context.optimizer.zero_grad(set_to_none=True)
+        # With several processes every backward all-reduces; the sum of averaged gradients is the
+        # average of the sums, so accumulation stays exact (no_sync would only save the traffic).
+        scaled = loss / accumulate if accumulate > 1 else loss
+        (context.scaler.scale(scaled) if context.scaler is not None else scaled).backward()
+        if (step + 1) % accumulate == 0 or step + 1 == steps_total:  # a last, shorter group steps too
+            if context.scaler is not None:
+                context.scaler.step(context.optimizer)
+                context.scaler.update()
+            else:
+                context.optimizer.step()
+            # The schedule counts batches (its warmup and length are in epochs of batches): it
+            # moves on by the group's batches, after the step, as torch expects.
+            for _ in range(step % accumulate + 1):
+                context.lr_scheduler.step()
         batch = len(inputs)
         total_loss += loss.detach().to(torch.float64) * batch
         images += batch
@@ -430,7 +449,7 @@ def train_one_epoch(context: EpochContext, loader: DataLoader) -> dict[str, Any]
     seconds = time.perf_counter() - started
     loss_sum = float(total_loss)
     return {"train_loss": loss_sum / max(1, images), "train_loss_sum": loss_sum,
-            "lr": context.optimizer.param_groups[0]["lr"], "train_images": images, "train_steps": steps,
+            "last_learning_rate": context.optimizer.param_groups[0]["lr"], "train_images": images, "train_steps": steps,
             "train_seconds": seconds, "train_cpu_seconds": time.process_time() - cpu_started,
             "images_per_second": images / seconds if seconds else 0.0, "interrupted": interrupted}
 
@@ -490,6 +509,51 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, evaluator, device: torc
     metrics["eval_seconds"] = time.perf_counter() - started
     metrics["eval_cpu_seconds"] = time.process_time() - cpu_started  # this process, every thread
     return metrics
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, loader: DataLoader, loss_parts: Callable[..., dict[str, torch.Tensor]],
+                    device: torch.device, *, autocast_dtype: torch.dtype | None = None,
+                    ctx: distributed.Context = distributed.SINGLE) -> dict[str, float]:
+    """The mean loss over the loader's images, `validation_loss`, and of each of its parts
+    (`loss_parts(model, inputs, targets)`, e.g. torchvision's `loss_classifier` as
+    `validation_loss_classifier`), for models that compute losses only in training mode (the
+    detectors): a pass of its own, the model in training mode but its batch norm layers in eval
+    mode, so that their running statistics are used and not updated. torch's RNG is restored after
+    it (the detectors' proposal sampling draws from it): the pass changes nothing that training
+    sees. With several processes each passes over its share and the sums are taken over every rank.
+    Pass the model itself, not its DistributedDataParallel wrapper (see `evaluate`)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    channels_last = is_channels_last(model)
+    sums: dict[str, torch.Tensor] = {}
+    images = 0
+    rng_devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=rng_devices):
+            for inputs, targets in loader:
+                inputs, targets = to_device(inputs, device, channels_last), to_device(targets, device)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    parts = loss_parts(model, inputs, targets)
+                for name, value in parts.items():
+                    sums[name] = sums.get(name, 0) + value.detach().to(torch.float64) * len(inputs)
+                images += len(inputs)
+    finally:
+        for module, training in modes:
+            module.training = training
+    # Rank 0 has images whenever any rank has (distributed.ShardSampler deals them from rank 0),
+    # so it names the parts that every rank sums.
+    names = distributed.broadcast(ctx, sorted(sums))
+    total_images, *totals = distributed.sum_over_ranks(ctx, float(images), *(float(sums.get(n, 0.0)) for n in names))
+    means = {name: total / max(1.0, total_images) for name, total in zip(names, totals)}
+    out = {"validation_loss": sum(means.values())}
+    out.update((f"validation_{name}" if name.startswith("loss") else f"validation_loss_{name}", value)
+               for name, value in means.items())
+    return out
 
 
 # -- early stopping --------------------------------------------------------------------------------

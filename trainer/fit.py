@@ -28,11 +28,14 @@ log = logging.getLogger(__package__)
 
 
 class Stopped(Exception):
-    """Ends training early with status `stopped`; `reason` says why."""
+    """Ends training early with status `stopped`; `reason` says why. `requested`: by a stop request
+    (early termination, a cancel), which is final; otherwise by a signal (a preemption, Ctrl-C),
+    after which the next attempt resumes from the checkpoint."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: str, requested: bool = False):
         super().__init__(reason)
         self.reason = reason
+        self.requested = requested
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class TrainingData:
     val_loader: DataLoader
     class_counts: list[int]       # training images per class
     train_images: int
+    # log_training_metrics: the training images without augmentation, in order, scored at each evaluation
+    train_eval_loader: DataLoader | None = None
 
 
 class Trial(Protocol):
@@ -52,6 +57,8 @@ class Trial(Protocol):
     def heartbeat(self, epoch: int) -> Callable[[int, int], None]:
         """Called with (step, steps) after every training step of `epoch`."""
     def write_metrics(self, epoch: int, metrics: dict[str, Any]) -> None: ...
+    def best_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        """`model` (evaluated at `epoch`) is the best so far: its validation predictions are saved."""
     def save_epoch(self, state: dict[str, Any] | None, evaluated: bool) -> None:
         """The checkpoint of the epoch just trained (`state`, rank 0's), then the status that says so;
         after an evaluation, the log."""
@@ -125,7 +132,7 @@ class Fit:
                 self._evaluate(epoch, eval_model, stats)
             else:
                 log.info("epoch %d/%d: train_loss=%.4f lr=%.5f (%.1fs)", epoch, self.epochs,
-                         stats["train_loss"], stats["lr"], stats["train_seconds"])
+                         stats["train_loss"], stats["last_learning_rate"], stats["train_seconds"])
             self._save(epoch, evaluated)
             self._check_stop(epoch, evaluated)
         early = self.early_stopping.should_stop()
@@ -148,9 +155,10 @@ class Fit:
             eval_model = train_model if not ctx.enabled else engine.compile_model(self.model)
             log.info("torch.compile (%s): the first steps of training and of evaluation compile the model",
                      engine.compile_backend())
+        accumulation = int(self.spec.hyperparameters.get("gradient_accumulation_step", 1))  # .get: older jobs
         training = engine.EpochContext(train_model, self.loss_fn, self.optimizer, self.lr_scheduler, self.device,
                                        scaler=self.scaler, autocast_dtype=self.autocast, prepare=self.prepare,
-                                       ctx=ctx, should_stop=self.trial.signalled)
+                                       ctx=ctx, should_stop=self.trial.signalled, accumulation_steps=accumulation)
         return training, self.adapter.inference_model(eval_model)
 
     def _evaluate(self, epoch: int, eval_model: torch.nn.Module, stats: dict[str, Any]) -> None:
@@ -163,17 +171,29 @@ class Fit:
                                   autocast_dtype=self.autocast, prepare=self.prepare, ctx=ctx)
         # Every rank takes the same decisions (early stopping, best epoch) from rank 0's figures.
         metrics = distributed.broadcast(ctx, metrics)
+        # log_validation_loss (detection tasks; classification's evaluator computes its loss with
+        # the metrics). .get: jobs accepted before it was a setting ran without it.
+        if self.spec.hyperparameters.get("log_validation_loss") == "enable":
+            metrics.update(engine.validation_loss(self.model, self.data.val_loader, self.loss_fn.parts, self.device,
+                                                  autocast_dtype=self.autocast, ctx=ctx))
+        if self.data.train_eval_loader is not None:
+            training = distributed.broadcast(ctx, engine.evaluate(
+                eval_model, self.data.train_eval_loader, self.adapter.evaluator(self.data.labels, self.loss_fn),
+                self.device, autocast_dtype=self.autocast, prepare=self.prepare, ctx=ctx))
+            metrics.update((f"training_{name}", value) for name, value in training.items()
+                           if isinstance(value, (int, float)) and not isinstance(value, bool))
         metrics.update(stats, epoch=epoch, time=time.time())
         self.progress.history.append(metrics)
         # validation_metric_type none: no figure to compare, the latest epoch is the one kept.
         if metrics[metric] is None or self.early_stopping.improved(metrics[metric]):
             self.progress.record_best(epoch, metrics, self.model if ctx.is_main else None)
+            self.trial.best_epoch(epoch, self.model)
         self.trial.write_metrics(epoch, metrics)
-        # Detectors compute losses in training mode only: no validation loss.
-        validation_loss = f" loss={metrics['loss']:.4f}" if "loss" in metrics else ""
+        loss = metrics.get("loss", metrics.get("validation_loss"))   # classification's, or the detectors'
+        validation_loss = f" loss={loss:.4f}" if loss is not None else ""
         log.info("epoch %d/%d: %s=%s%s train_loss=%.4f lr=%.5f (%.1fs, %.1f img/s)",
                  epoch, self.epochs, metric, _figure(metrics[metric]), validation_loss, stats["train_loss"],
-                 stats["lr"], stats["train_seconds"], stats["images_per_second"])
+                 stats["last_learning_rate"], stats["train_seconds"], stats["images_per_second"])
 
     def _save(self, epoch: int, evaluated: bool) -> None:
         self.progress.epoch = epoch
@@ -198,7 +218,8 @@ class Fit:
                 stop = self.trial.stop_requested()
             stop = distributed.broadcast(self.ctx, stop)
         if stop is not None:
-            raise Stopped(str(stop.get("reason") or "stop requested") if isinstance(stop, dict) else "stop requested")
+            raise Stopped(str(stop.get("reason") or "stop requested") if isinstance(stop, dict) else "stop requested",
+                          requested=True)
         if distributed.any_true(self.ctx, self.trial.signalled())[0]:
             raise Stopped("terminated")
 

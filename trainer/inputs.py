@@ -14,9 +14,13 @@ from typing import Any
 
 import torch
 
+from automl_images.core import split
+from automl_images.core.annotations import same_file
+from automl_images.core.labels import Spellings
+from automl_images.core.storage import Storage
 from automl_images.core.trial_spec import TrialSpec
 
-from . import data, distributed, engine
+from . import data, distributed, engine, prepared
 from .fit import TrainingData
 from .tasks import TaskAdapter
 
@@ -54,7 +58,7 @@ class TrialInputs:
         labels, train_records, val_records = self._read_records(adapter)
         kept = set(map(tuple, outcome["kept"]))
         records = [r for r in train_records + val_records if (r.source, r.line) in kept]
-        samples, skipped = data.fetch_images(records, check=False)
+        samples, skipped = data.fetch_images(records, check=False, allow_private=self.spec.allow_private_image_urls)
         if skipped:
             raise data.DataError(f"rank {ctx.rank} could not fetch images that rank 0 read: "
                                  + "; ".join(f"{s.where}: {s.reason}" for s in skipped[:5]))
@@ -72,29 +76,51 @@ class TrialInputs:
             for name in adapter.classes_of(sample.record.label):
                 class_counts[class_index[name]] += 1
         loader_options = {"device": device, "seed": spec.seed, "rank": ctx.rank, "world_size": ctx.world_size,
-                          "processes_per_node": ctx.local_world_size}
-        train_dataset = adapter.dataset(train_samples, train_targets, train=True, seed=spec.seed)
+                          "processes_per_node": ctx.local_world_size, "workers": hp.get("number_of_workers")}
+        # Each image decoded once per job on this machine instead of once an epoch (prepared.py).
+        images = prepared.JobImages(train_samples + val_samples) if prepared.enabled() else None
+
+        def dataset(samples: list[data.Sample], targets: list[Any], **options) -> data.ImageDataset:
+            made = adapter.dataset(samples, targets, **options)
+            if images is not None:
+                images.attach(made)
+            return made
+
+        train_dataset = dataset(train_samples, train_targets, train=True, seed=spec.seed)
         train_loader = engine.make_loader(train_dataset, hp["training_batch_size"], train=True,
                                           collate_fn=adapter.collate, group_ids=train_dataset.group_ids,
                                           **loader_options)
-        val_loader = engine.make_loader(adapter.dataset(val_samples, val_targets, train=False),
+        val_loader = engine.make_loader(dataset(val_samples, val_targets, train=False),
                                         hp["validation_batch_size"], train=False, collate_fn=adapter.collate,
                                         **loader_options)
         if len(train_loader) == 0:
             raise data.DataError(f"{spec.training_data}: no training batch: {len(train_samples)} "
                                  f"image(s) for training_batch_size {hp['training_batch_size']}"
                                  + (f" in each of {ctx.world_size} processes" if ctx.enabled else ""))
-        return TrainingData(labels, train_loader, val_loader, class_counts, len(train_samples))
+        train_eval_loader = None
+        if hp.get("log_training_metrics") == "enable":  # .get: jobs accepted before it was a setting
+            train_eval_loader = engine.make_loader(dataset(train_samples, train_targets, train=False),
+                                                   hp["validation_batch_size"], train=False,
+                                                   collate_fn=adapter.collate, **loader_options)
+        return TrainingData(labels, train_loader, val_loader, class_counts, len(train_samples), train_eval_loader)
 
     def _read_records(self, adapter: TaskAdapter) -> tuple[list[str], list[data.Record], list[data.Record]]:
         spec = self.spec
-        train_records = data.read_jsonl(spec.training_data, adapter.parse_label, spec.datastores)
+        if spec.validation_data and same_file(spec.training_data, spec.validation_data):
+            # `validate` refuses such a job; a spec written by hand gets the same reason.
+            raise data.DataError(f"{spec.validation_data}: the validation data is the training data; leave "
+                                 "validation_data out to split off split_ratio of it")
+        seen = Spellings()  # a class written two ways across the two files is refused too
+        train_records = data.read_jsonl(spec.training_data, adapter.parse_label, spec.datastores, seen)
         if spec.validation_data:
-            val_records = data.read_jsonl(spec.validation_data, adapter.parse_label, spec.datastores)
+            val_records = data.read_jsonl(spec.validation_data, adapter.parse_label, spec.datastores, seen)
+        elif spec.split:
+            train_records, val_records = split.apply(train_records, self._saved_split(), spec.split)
         else:
             train_records, val_records = data.split(train_records, self.hp["split_ratio"], spec.seed,
                                                     key=lambda r: adapter.classes_of(r.label))
         labels = sorted({name for r in train_records for name in adapter.classes_of(r.label)})
+        data.check_class_count(labels, spec.training_data)
         # A detector tells one class from the background; a classifier needs two to choose from.
         needed = 2 if spec.task.is_classification else 1
         if len(labels) < needed:
@@ -103,12 +129,19 @@ class TrialInputs:
         data.check_known_classes(val_records, set(labels), adapter.classes_of)
         return labels, train_records, val_records
 
+    def _saved_split(self) -> Any:
+        folder, _, name = self.spec.split.rpartition("/")
+        saved = Storage(folder).read_json(name)
+        if saved is None:
+            raise data.DataError(f"{self.spec.split}: the job's split file is missing")
+        return saved
+
     def _load_here(self, adapter: TaskAdapter) -> tuple[list[str], list[data.Sample], list[data.Sample]]:
         started, cpu_started = time.perf_counter(), time.process_time()
         labels, train_records, val_records = self._read_records(adapter)
         records = train_records + val_records
         fetched_before = data.FETCH_STATS.snapshot()
-        samples, self.skipped = data.fetch_images(records)
+        samples, self.skipped = data.fetch_images(records, allow_private=self.spec.allow_private_image_urls)
         fetched = {k: v - fetched_before[k] for k, v in data.FETCH_STATS.snapshot().items() if k != "max_in_flight"}
         data.check_bad_images(self.skipped, len(records), self.spec.max_bad_image_ratio)
         for s in self.skipped[:MAX_LOGGED]:

@@ -29,10 +29,11 @@ import torch
 from automl_images.core.hyperparameters import PRIMARY_METRICS
 from automl_images.core.layout import FILES
 from automl_images.core.records import ErrorKind, TrialStatus
-from automl_images.core.storage import Storage, filesystem, with_retries
+from automl_images.core.storage import Storage, filesystem, json_bytes, with_retries
 from automl_images.core.trial_spec import SpecError, TrialSpec
 
 from . import checkpoint, data, distributed, engine, export
+from .best_predictions import BestPredictions
 from .fit import Fit, Stopped
 from .inputs import TrialInputs
 from .report import BackgroundWriter, Reporter
@@ -206,6 +207,7 @@ class _Trial:
         self.fit: Fit | None = None   # once the data is loaded
         self.inputs = TrialInputs(spec, ctx)
         self.model_info: dict[str, Any] = {}
+        self.best_predictions: BestPredictions | None = None   # rank 0, once the data is loaded
 
     # -- outcome -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -213,7 +215,7 @@ class _Trial:
             try:
                 return self._train()
             except Stopped as stop:
-                return self._finish(TrialStatus.STOPPED, reason=stop.reason)
+                return self._finish(TrialStatus.STOPPED, final=stop.requested, reason=stop.reason)
         except KeyboardInterrupt:
             # A second Ctrl-C: the person wants out now, so no export, just an honest status.
             self._flush(quietly=True)
@@ -257,7 +259,10 @@ class _Trial:
         self._flush(quietly=True)
         return status
 
-    def _finish(self, status: TrialStatus, **fields: Any) -> dict[str, Any]:
+    def _finish(self, status: TrialStatus, final: bool, **fields: Any) -> dict[str, Any]:
+        """The model exported, then the status that says the trial ended. `final`: nothing will
+        resume it, so its resume checkpoint goes (after the status: a kill in between leaves a
+        finished trial with a checkpoint, never an unfinished one without)."""
         progress = self.progress
         self._flush()  # the last checkpoint is written before the trial says it is done
         if progress.best_model is not None and self.main:
@@ -272,9 +277,24 @@ class _Trial:
                               best_epoch=progress.best_epoch,
                               epochs=progress.epoch, duration_s=self._duration(),
                               **self._status_fields(), **fields)
+        if final and self.main and not self.spec.keep_checkpoints:
+            self._flush()  # the final status is written first
+            self._drop_checkpoint()
         self._save_log()
         self._flush()
         return result
+
+    def _drop_checkpoint(self) -> None:
+        size = self.storage.size(FILES.checkpoint)
+        if size is None:
+            return
+        try:
+            self.storage.delete(FILES.checkpoint)
+        except Exception:  # noqa: BLE001 - a checkpoint left behind costs storage, not the result
+            log.exception("could not delete %s (`automl-images gc` removes it later)", FILES.checkpoint)
+            return
+        log.info("deleted %s (%.1f MB): only a resume needs it (keep_checkpoints: true keeps it)",
+                 FILES.checkpoint, size / 1e6)
 
     @property
     def progress(self) -> checkpoint.Progress:
@@ -294,11 +314,22 @@ class _Trial:
 
     # -- what the fit loop reports to (fit.Trial) ---------------------------------------------------
     def heartbeat(self, epoch: int) -> Callable[[int, int], None]:
-        return _Heartbeat(self.reporter, epoch) if self.main else engine.no_heartbeat
+        if not self.main:
+            return engine.no_heartbeat
+        return _Heartbeat(self.reporter, epoch, self.hp["training_batch_size"] * self.ctx.world_size)
 
     def write_metrics(self, epoch: int, metrics: dict[str, Any]) -> None:
         if self.main:
             self.reporter.write_metrics(epoch, metrics)
+
+    def best_epoch(self, epoch: int, model: torch.nn.Module) -> None:
+        if self.best_predictions is None:
+            return
+        content = json_bytes(self.best_predictions.build(epoch, model))
+        if self.reporter.writer is not None:  # in order: after the metrics of the epoch
+            self.reporter.writer.submit(lambda: self.storage.write_bytes(FILES.best_predictions, content))
+        else:
+            self.storage.write_bytes(FILES.best_predictions, content)
 
     def save_epoch(self, state: dict[str, Any] | None, evaluated: bool) -> None:
         if self.main:
@@ -357,10 +388,12 @@ class _Trial:
         self.model_info = {"task": self.spec.task.value, "model_name": self.hp["model_name"], "labels": labels,
                            "hyperparameters": self.hp, **adapter.model_info}
         training_data = self.inputs.loaders(adapter, device, labels, train_samples, val_samples)
+        if self.main:
+            self.best_predictions = BestPredictions(adapter, self.model_info, val_samples, device)
         self.fit = Fit(self.spec, adapter, training_data, self, device, self.ctx)
         self.fit.resume(checkpoint.load(self.storage))
         early = self.fit.run()
-        return self._finish(TrialStatus.COMPLETED, early_stopped=early)
+        return self._finish(TrialStatus.COMPLETED, final=True, early_stopped=early)
 
     def _start(self) -> torch.device:
         """The machine set up for the trial (threads, device, process group, kernels, seeds) and the
@@ -393,19 +426,25 @@ class _Trial:
 
 class _Heartbeat:
     """Rewrites status.json every `heartbeat_seconds()` during an epoch, so that a watcher can tell
-    a long epoch from a hung trainer."""
+    a long epoch from a hung trainer, and see how far the epoch is: its step, the images per second
+    so far and the seconds left of its training part (validation comes after)."""
 
-    def __init__(self, reporter: Reporter, epoch: int):
+    def __init__(self, reporter: Reporter, epoch: int, images_per_step: int):
         self.reporter = reporter
         self.epoch = epoch
+        self.images_per_step = images_per_step  # every rank's batch; the epoch's last one may be smaller
         self.every = heartbeat_seconds()
-        self.last = time.monotonic()
+        self.started = self.last = time.monotonic()
 
     def __call__(self, step: int, steps: int) -> None:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            self.reporter.update(TrialStatus.RUNNING, progress={"epoch": self.epoch, "step": step, "steps": steps})
+            per_step = (now - self.started) / max(step, 1)
+            self.reporter.update(TrialStatus.RUNNING, progress={
+                "epoch": self.epoch, "step": step, "steps": steps,
+                "images_per_second": round(self.images_per_step / per_step, 1) if per_step > 0 else None,
+                "eta_s": round(per_step * (steps - step), 1)})
 
 
 def heartbeat_seconds() -> float:

@@ -11,7 +11,7 @@ SKYPILOT_INSTALL = "pip install 'automl-images[skypilot]'"
 
 # What the trainer extra adds, by the names the trainer imports them as (tests/test_architecture.py
 # checks that the trainer imports nothing else beyond the base install).
-TRAINER_MODULES = ("torch", "torchvision", "PIL", "faster_coco_eval")
+TRAINER_MODULES = ("torch", "torchvision", "timm", "faster_coco_eval")
 
 
 class MissingInstall(RuntimeError):

@@ -6,7 +6,7 @@ import datetime
 import functools
 
 import pytest
-from simulated import SimLauncher, sim_job
+from simulated import SimLauncher, sim_job, write_sim_data
 
 from automl_images.controller import submit as submit_module
 from automl_images.controller.cli import main
@@ -19,7 +19,7 @@ LONG_ID = "a" * 63
 
 @pytest.fixture
 def job_file(tmp_path):
-    (tmp_path / "train.jsonl").write_text("")
+    write_sim_data(Root(str(tmp_path)), folder="")
     path = tmp_path / "fridge.yaml"
     path.write_text(sim_job())
     return path
@@ -37,7 +37,7 @@ def test_submit_refuses_an_id_that_is_no_job_id_before_writing_anything(tmp_path
     assert capsys.readouterr().err == (f"automl-images submit: job id {job_id!r} is not allowed: a job id is "
                                        f"{JOB_ID_RULE}\n")
     assert not (tmp_path / "deep").exists()
-    assert _files(tmp_path) == ["fridge.yaml", "train.jsonl"]
+    assert _files(tmp_path) == ["a0.png", "a1.png", "b0.png", "b1.png", "fridge.yaml", "train.jsonl"]
 
 
 def test_job_id_rule():
@@ -91,8 +91,7 @@ def test_the_printed_id_is_the_id_the_job_runs_under(tmp_path, job_file, capsys,
 
 def test_a_hand_dropped_file_whose_name_is_taken_runs_under_a_longer_id_that_is_still_an_id(tmp_path):
     root = Root(str(tmp_path / "root"))
-    root.storage.write_text("data/train.jsonl", "")
-    text = sim_job().replace("training_data: train.jsonl", f"training_data: {root.storage.url('data/train.jsonl')}")
+    text = sim_job().replace("training_data: train.jsonl", f"training_data: {write_sim_data(root)}")
     controller = Controller(root, launchers={"local": SimLauncher()})
     for n in range(2):
         root.storage.write_text(f"inbox/{LONG_ID}.yaml", text + f"seed: {n}\n")

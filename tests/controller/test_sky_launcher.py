@@ -327,3 +327,46 @@ def test_close_stops_the_local_api_server_only_when_this_process_started_it(monk
 def test_the_launcher_closes_its_skypilot_boundary(jobs, launcher):
     launcher.close()
     assert jobs.closed == 1
+
+
+class UnansweringJobs(FakeJobs):
+    """SkyPilot failing every queue request: as SkyJobs raises it (transient: its API server did not
+    answer, with a ConnectionError underneath, like a bucket's; or a refusal)."""
+
+    def __init__(self, transient: bool):
+        super().__init__()
+        self.transient = transient
+
+    def queue(self, name: str | None = None, job_id: int | None = None) -> list[Record]:
+        try:
+            raise ConnectionError("connection refused") if self.transient else ValueError("No enabled cloud")
+        except Exception as exc:
+            raise SkyPilotError(f"SkyPilot failed reading the managed jobs queue: {type(exc).__name__}: {exc}",
+                                transient=self.transient) from exc
+
+
+@pytest.mark.parametrize("transient", [True, False])
+def test_skypilot_failures_are_said_as_skypilots_and_only_refusals_fail_the_job(tmp_path, transient):
+    from automl_images.controller.loop import MAX_JOB_ERRORS
+
+    data = tmp_path / "data"
+    write_squares(data, per_class=2, validation_per_class=1)
+    root = Root(str(tmp_path / "root"))
+    root.storage.write_text(root.inbox_key("sky.yaml"), f"task: image-classification\ntraining_data: "
+                            f"{data / 'train.jsonl'}\nlimits:\n  max_trials: 1\n{COMPUTE}")
+    jobs = UnansweringJobs(transient)
+    lines: list[str] = []
+    controller = Controller(root, log=lines.append,
+                            launchers={"skypilot": SkyPilotLauncher(jobs=jobs, pricer=FixedPrices(), refresh_s=0)})
+    controller.run(once=True)
+    for _ in range(MAX_JOB_ERRORS):
+        controller.reconcile_once()
+    failures = [line for line in lines if "SkyPilot failed" in line]
+    assert failures and all("Traceback" not in line and "bucket" not in line for line in failures)
+    assert failures[0] == ("job sky: SkyPilot failed reading the managed jobs queue: " +
+                           ("ConnectionError: connection refused; trying again on the next pass" if transient
+                            else "ValueError: No enabled cloud"))
+    state = root.storage.read_json(root.job_state("sky"))
+    # A SkyPilot that does not answer is waited for; one that refuses fails the job like any other error.
+    assert state["status"] == ("running" if transient else "failed"), state
+    assert jobs.closed == 1  # run() closes its launchers on the way out

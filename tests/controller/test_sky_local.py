@@ -145,6 +145,7 @@ def test_a_trial_killed_mid_epoch_resumes_without_repeating_an_epoch(tmp_path, m
         except ProcessLookupError:
             pass
     assert before["progress"]["step"] < before["progress"]["steps"] - 10, before
+    assert before["progress"]["images_per_second"] > 0 and before["progress"]["eta_s"] > 0, before
     assert running["pid"] == handle["pid"]  # the script ends in `exec`: the launched pid is the trainer
     killed = read_json(status_path)
     # Killed in epoch 2: epoch 1 is the last one reported and checkpointed.

@@ -1,5 +1,5 @@
 """End to end through the CLI: submit → controller → trials (subprocesses) → leaderboard and best model,
-on a local folder and on the S3 API server."""
+on a local folder and on the S3 API server (the sweep on Azure Blob Storage too, on Azurite)."""
 from __future__ import annotations
 
 import json
@@ -27,6 +27,7 @@ def run_to_completion(root_url: str, timeout: float = 400) -> subprocess.Complet
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("root_url", ["local", "s3", "azure"], indirect=True)
 def test_sweep_end_to_end(root_url, tmp_path):
     data = tmp_path / "data"
     write_squares(data)
@@ -55,6 +56,10 @@ def test_sweep_end_to_end(root_url, tmp_path):
         assert spec["hyperparameters"]["optimizer"] == "sgd"  # defaults resolved
         assert root.storage.exists(root.trial_key(job_id, trial, FILES.model_weights))
         assert root.read_trial(job_id, trial, FILES.launch)["attempt"] == 1
+        # what the run printed, in the trial folder where the README says; the resume checkpoint gone
+        launcher_log = root.storage.read_text(root.trial_key(job_id, trial, FILES.launcher_log(1)))
+        assert "trial completed" in launcher_log, launcher_log[-2000:]
+        assert not root.storage.exists(root.trial_key(job_id, trial, FILES.checkpoint))
 
     board = json.loads(cli("leaderboard", job_id, "--root", root_url, "--format", "json").stdout)
     assert board["primary_metric"] == "accuracy" and board["direction"] == "maximize"

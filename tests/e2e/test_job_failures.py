@@ -39,14 +39,7 @@ def _break_images(data: Path, count: int) -> None:
             path.write_bytes(b"not a png at all")
 
 
-@pytest.mark.parametrize("problem, expected", [
-    ("images", ["train.jsonl:1", "train.jsonl:2"]),
-    ("unseen_label", ["val.jsonl:1", "class 'purple'"]),
-    ("bad_line", ["train.jsonl:3", "label"]),
-])
-def test_bad_data_fails_trial_and_job_clearly(local_root, tmp_path, problem, expected):
-    data = tmp_path / "data"
-    write_squares(data, per_class=4, validation_per_class=1)
+def _spoil(data: Path, problem: str) -> None:
     if problem == "images":
         _break_images(data, count=3)  # 3 of 12 images: over the 5% threshold
     elif problem == "unseen_label":
@@ -58,16 +51,68 @@ def test_bad_data_fails_trial_and_job_clearly(local_root, tmp_path, problem, exp
         lines = (data / "train.jsonl").read_text().splitlines()
         lines[2] = json.dumps({"image_url": json.loads(lines[2])["image_url"]})
         (data / "train.jsonl").write_text("\n".join(lines) + "\n")
-    job = write_job(data, max_trials=1, concurrent=1, epochs=1, models="resnet18")
 
-    state = run_job(local_root, job, "bad")
+
+PROBLEMS = [
+    ("images", ["train.jsonl:1", "train.jsonl:2"]),
+    ("unseen_label", ["val.jsonl:1", "class 'purple'"]),
+    ("bad_line", ["train.jsonl:3", "label"]),
+]
+
+
+@pytest.mark.parametrize("problem, expected", PROBLEMS)
+def test_bad_data_is_refused_before_any_trial(local_root, tmp_path, problem, expected):
+    """check-data runs in submit (exit 2, nothing dropped) and, for a file dropped by hand, when the
+    controller accepts the job (rejected with error.json and the report, no trial launched)."""
+    data = tmp_path / "data"
+    write_squares(data, per_class=4, validation_per_class=1)
+    _spoil(data, problem)
+    job = write_job(data, max_trials=1, concurrent=1, epochs=1, models="resnet18")
+    submitted = subprocess.run([CLI, "submit", str(job), "--root", local_root, "--job-id", "bad"],
+                               capture_output=True, text=True)
+    assert submitted.returncode == 2, submitted.stdout + submitted.stderr
+    for fragment in expected:
+        assert fragment in submitted.stderr, submitted.stderr
     root = Root(local_root)
+    assert root.inbox_files() == [] and root.job_ids() == []
+
+    root.storage.write_bytes(root.inbox_key("by-hand.yaml"), job.read_bytes().replace(
+        b"training_data: ", f"training_data: {data}/".encode()).replace(
+        b"validation_data: ", f"validation_data: {data}/".encode()))
+    done = subprocess.run([CLI, "controller", "--root", local_root, "--until-done", "--interval", "0.3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr  # the job it ran was rejected
+    assert root.storage.read_json(root.job_state("by-hand"))["status"] == "rejected"
+    error = json.dumps(root.storage.read_json(root.job_error("by-hand")))
+    for fragment in expected:
+        assert fragment in error, error
+    assert root.storage.read_json(root.data_check("by-hand"))["summary"]
+    assert root.trial_ids("by-hand") == []
+
+
+@pytest.mark.parametrize("problem, expected", PROBLEMS)
+def test_data_spoiled_after_acceptance_fails_the_trial_and_job_clearly(local_root, tmp_path, problem, expected):
+    from automl_images.controller.inbox import accept
+    from automl_images.controller.job_state import JobStates
+
+    data = tmp_path / "data"
+    write_squares(data, per_class=4, validation_per_class=1)
+    job = write_job(data, max_trials=1, concurrent=1, epochs=1, models="resnet18")
+    submitted = subprocess.run([CLI, "submit", str(job), "--root", local_root, "--job-id", "bad"],
+                               capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    root = Root(local_root)
+    assert accept(root, "bad.yaml", JobStates(root, time.time, print), print, time.time()) == "bad"
+    _spoil(data, problem)  # after the check: the trainer is the last line of defence
+    done = subprocess.run([CLI, "controller", "--root", local_root, "--until-done", "--interval", "0.3"],
+                          capture_output=True, text=True, timeout=300)
+    state = root.storage.read_json(root.job_state("bad"))
+    assert done.returncode == 1 and state["status"] == "failed", done.stdout + done.stderr
     trial_status = root.read_trial("bad", "t0000", FILES.status)
     assert trial_status["status"] == "failed"
     assert trial_status["error"]["kind"] == "user"
     for fragment in expected:
         assert fragment in trial_status["error"]["message"], trial_status["error"]["message"]
-    assert state["status"] == "failed"
     error = root.storage.read_json(root.job_error("bad"))
     for fragment in expected:
         assert fragment in error["message"]

@@ -1,14 +1,14 @@
 """Detection and instance-segmentation labels: the reference's JSONL, its older forms, and every
-refusal naming the file, line and field (`trainer/detection_labels.py`, read through `data.py`)."""
+refusal naming the file, line and field (`core/detection_labels.py`, read through `data.py`)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
+from automl_images.core.detection_labels import DetectionObject, parse_detection_label, parser
 from automl_images.core.hyperparameters import Task
 from automl_images.trainer import data
-from automl_images.trainer.detection_labels import DetectionObject, parse_detection_label, parser
 
 OD = parser(Task.OBJECT_DETECTION)
 IS = parser(Task.INSTANCE_SEGMENTATION)

@@ -9,11 +9,11 @@ import json
 import pytest
 from trial_data import write_detection_dataset, write_spec
 
+from automl_images.core.detection_labels import parse_detection_label
 from automl_images.core.layout import FILES
 from automl_images.core.records import TrialStatus
 from automl_images.core.storage import Storage
 from automl_images.trainer import checkpoint, export, run
-from automl_images.trainer.detection_labels import parse_detection_label
 
 pytestmark = pytest.mark.usefixtures("trial_process")
 
@@ -59,7 +59,9 @@ def test_a_detection_trial_resumes_from_its_checkpoint(root, dataset):
     """One epoch, then the same spec asked for two: the second run starts at epoch 2 from the
     checkpoint, the way a trial restarted on a new spot machine does."""
     train, val = dataset
-    spec_url = write_spec(root, "t2", train, val, task="image-object-detection", number_of_epochs=1)
+    # keep_checkpoints: a completed trial otherwise drops the checkpoint that this test extends
+    spec_url = write_spec(root, "t2", train, val, task="image-object-detection", number_of_epochs=1,
+                          spec_fields={"keep_checkpoints": True})
     assert run.run_trial(spec_url)["status"] == TrialStatus.COMPLETED.value
     trial = Storage(root.url("t2"))
     spec = json.loads(trial.read_text(FILES.spec))

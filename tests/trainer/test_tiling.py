@@ -10,10 +10,9 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from automl_images.trainer.detection_labels import DetectionLabel, DetectionObject
+from automl_images.core.detection_labels import DetectionLabel, DetectionObject
 from automl_images.trainer.tasks.detection import DetectionTransform, build_detector
 from automl_images.trainer.tiling import TiledInference, TileGrid, crop_to_tile
-
 
 # -- the grid --------------------------------------------------------------------------------------
 

@@ -228,7 +228,8 @@ def test_absolute_urls_file_memory_and_https(tmp_path):
             {"image_url": f"http://127.0.0.1:{server.server_address[1]}/missing.png", "label": "red"},
         ])
         records = data.read_jsonl(path, parse_label)
-        samples, skipped = data.fetch_images(records, cache_dir=str(tmp_path / "cache"))
+        # The server is on 127.0.0.1, which only a job that allows private addresses may fetch from.
+        samples, skipped = data.fetch_images(records, cache_dir=str(tmp_path / "cache"), allow_private=True)
     finally:
         server.shutdown()
     assert [data.open_image(s.path).getpixel((0, 0)) for s in samples] == [(0, 0, 255), (0, 255, 0), (255, 0, 0)]

@@ -33,6 +33,7 @@ from automl_images.trainer.tasks import get_adapter
 # Each torchrun starts two trainer processes: 20 to 40 s a test.
 slow = pytest.mark.slow
 EPOCHS = 4
+KEEP = {"keep_checkpoints": True}  # the tests read the trial's last checkpoint after it ends
 
 
 def torchrun(spec_url: str, tmp_path, log, wait: bool = True, processes: int = 2):
@@ -72,7 +73,7 @@ def test_two_processes_report_the_metrics_of_the_weights_they_save(tmp_path, mon
     train, val = write_dataset(root, per_class=16, validation_per_class=5, size=32)
     hp = {"model_name": "resnet18", "number_of_epochs": EPOCHS, "validation_batch_size": 4, "learning_rate": 0.01,
           "resize_size": 32, "crop_size": 28}
-    spec_url = write_spec(root, "ddp", train, val, training_batch_size=4, **hp)
+    spec_url = write_spec(root, "ddp", train, val, training_batch_size=4, spec_fields=KEEP, **hp)
     with open(tmp_path / "torchrun.log", "wb") as log:
         result = torchrun(spec_url, tmp_path, log)
     output = (tmp_path / "torchrun.log").read_text()
@@ -124,7 +125,8 @@ def test_two_processes_train_a_detector_and_report_the_metrics_of_its_weights(tm
     detections gathered back into the validation set's order."""
     root = Storage(str(tmp_path / "root"))
     train, val = write_detection_dataset(root, train=8, validation=5)   # evaluated as 3 + 2
-    spec_url = write_spec(root, "ddp-detection", train, val, task="image-object-detection", number_of_epochs=1,
+    spec_url = write_spec(root, "ddp-detection", train, val, task="image-object-detection", spec_fields=KEEP,
+                          number_of_epochs=1,
                           validation_metric_type="coco_voc", box_score_thresh=0.0)
     with open(tmp_path / "torchrun.log", "wb") as log:
         result = torchrun(spec_url, tmp_path, log)
@@ -144,7 +146,7 @@ def test_two_processes_train_a_detector_and_report_the_metrics_of_its_weights(tm
 def test_stop_request_and_sigterm_to_rank_0_stop_every_process(tmp_path):
     root = Storage(str(tmp_path / "root"))
     train, val = write_dataset(root, per_class=12, validation_per_class=2)
-    spec_url = write_spec(root, "ddp", train, val, model_name="mobilenetv2", number_of_epochs=40)
+    spec_url = write_spec(root, "ddp", train, val, model_name="mobilenetv2", number_of_epochs=40, spec_fields=KEEP)
     trial = Storage(root.url("ddp"))
 
     # A stop request, read by rank 0 at the first evaluation: both processes end.

@@ -168,12 +168,12 @@ def test_trial_completes_writes_iou_and_exports_a_multi_label_model(tmp_path):
     predictions = export.predict(str(folder), images)
     assert len(predictions) == 12
     for p in predictions:
-        assert set(p["probabilities"]) == {"blue", "red"}
-        assert p["labels"] == sorted((name for name, value in p["probabilities"].items() if value >= 0.5),
-                                     key=lambda name: -p["probabilities"][name])
+        assert set(p["scores"]) == {"blue", "red"}
+        assert p["label"] == sorted((name for name, value in p["scores"].items() if value >= 0.5),
+                                    key=lambda name: -p["scores"][name])
     # The exported model's predictions give the best epoch's validation IoU.
     truth = np.array([[name in COMBINATIONS[i % 4] for name in ("blue", "red")] for i in range(12)])
-    predicted = np.array([[name in p["labels"] for name in ("blue", "red")] for p in predictions])
+    predicted = np.array([[name in p["label"] for name in ("blue", "red")] for p in predictions])
     assert metrics.jaccard_samples(truth, predicted) == pytest.approx(info["best_metric"])
 
 

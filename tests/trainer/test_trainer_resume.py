@@ -118,7 +118,7 @@ def test_checkpoint_holds_everything_resume_needs(tmp_path, monkeypatch):
     train, val = write_dataset(root, per_class=6, validation_per_class=2)
     spec = write_spec(root, "trial", train, val, number_of_epochs=2, training_batch_size=6,
                       early_stopping=1, early_stopping_patience=3, early_stopping_delay=1,
-                      checkpoint_frequency=1)
+                      checkpoint_frequency=1, spec_fields={"keep_checkpoints": True})
     threads = torch.get_num_threads()
     try:
         status = run.run_trial(spec)

@@ -46,14 +46,15 @@ def dataset(tmp_path):
 pytestmark = pytest.mark.usefixtures("trial_process")
 
 
-def write_spec(folder, dataset, validation: bool = True, **hyperparameters) -> str:
+def write_spec(folder, dataset, validation: bool = True, keep_checkpoints: bool = False, **hyperparameters) -> str:
     train, val = dataset
     hp = {"model_name": "resnet18", "pretrained": 0, "number_of_epochs": 2, "training_batch_size": 16,
           "validation_batch_size": 32, "learning_rate": 0.01, "resize_size": 16, "crop_size": 16,
           "early_stopping": 0, **hyperparameters}
     spec = {"job_id": "job", "trial_id": folder.name, "task": "image-classification",
             "primary_metric": "accuracy", "training_data": train, "validation_data": val if validation else None,
-            "hyperparameters": resolve(Task.CLASSIFICATION, hp), "output": str(folder), "seed": 3}
+            "hyperparameters": resolve(Task.CLASSIFICATION, hp), "output": str(folder), "seed": 3,
+            "keep_checkpoints": keep_checkpoints}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "spec.json").write_text(json.dumps(spec))
     return str(folder / "spec.json")
@@ -82,9 +83,11 @@ def test_trial_completes_and_exports_a_working_model(tmp_path, dataset):
     assert sorted(os.listdir(folder / "metrics")) == [f"{epoch:06d}.json" for epoch in range(1, 6)]
     metrics = read(folder, FILES.metrics(2))
     assert {"accuracy", "loss", "log_loss", "precision_score_weighted", "recall_score_weighted",
-            "f1_score_weighted", "epoch", "lr", "time", "train_loss"} <= set(metrics)
-    assert sorted(os.listdir(folder / "checkpoints")) == ["epoch_0002.pt", "epoch_0004.pt", "last.pt"]
-    assert "epoch 5/5" in (folder / "logs" / "trainer.log").read_text()
+            "f1_score_weighted", "epoch", "last_learning_rate", "time", "train_loss"} <= set(metrics)
+    # The checkpoints checkpoint_frequency asked for stay; the resume checkpoint goes once the trial is done.
+    assert sorted(os.listdir(folder / "checkpoints")) == ["epoch_0002.pt", "epoch_0004.pt"]
+    log = (folder / "logs" / "trainer.log").read_text()
+    assert "epoch 5/5" in log and "deleted checkpoints/last.pt" in log
 
     info = read(folder, FILES.model_info)
     assert info["labels"] == ["blue", "green", "red"] and info["num_classes"] == 3
@@ -94,7 +97,7 @@ def test_trial_completes_and_exports_a_working_model(tmp_path, dataset):
     images = [Image.new("RGB", (16, 16), color) for color in COLORS.values()]
     predictions = loaded.predict(images)
     assert [p["label"] for p in predictions] == list(COLORS)
-    assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0)
+    assert sum(predictions[0]["scores"].values()) == pytest.approx(1.0)
     assert export.predict(str(folder), [str(tmp_path / "data" / "images" / "red_0.png")])[0]["label"] == "red"
 
     # A finished trial is never touched again.
@@ -117,9 +120,10 @@ def test_trial_folder_in_a_bucket(tmp_path, dataset):
         spec = json.load(f)
     url = f"memory://trainer-tests/{tmp_path.name}/trial"
     bucket = Storage(url)
-    bucket.write_json(FILES.spec, {**spec, "output": url})
+    bucket.write_json(FILES.spec, {**spec, "output": url, "keep_checkpoints": True})
     status = run.run_trial(f"{url}/{FILES.spec}")
     assert status["status"] == "completed", status.get("error")
+    # keep_checkpoints: the resume checkpoint stays
     assert {FILES.checkpoint, FILES.metrics(1), FILES.model_info, FILES.model_weights,
             "logs/trainer.log"} <= set(bucket.walk(""))
     assert export.load_model(url).labels == ["blue", "green", "red"]
@@ -132,6 +136,7 @@ def test_stop_request_is_honoured_at_the_first_evaluation(tmp_path, dataset):
     status = run.run_trial(spec)
     assert status["status"] == "stopped" and status["reason"] == "early_termination"
     assert status["epochs"] == 1 and os.listdir(folder / "metrics") == ["000001.json"]
+    assert not (folder / FILES.checkpoint).exists()  # a stop request is final: nothing resumes it
     assert export.load_model(str(folder)).info["epoch"] == 1  # the best model so far is exported
     assert run.main([spec]) == 0
 
@@ -140,7 +145,8 @@ def test_resume_continues_without_repeating_epochs(tmp_path, dataset):
     straight = run.run_trial(write_spec(tmp_path / "straight", dataset, number_of_epochs=2))
 
     folder = tmp_path / "resumed"
-    spec = write_spec(folder, dataset, number_of_epochs=2)
+    # A stopped trial keeps its checkpoint only when the job says so (otherwise a stop is final).
+    spec = write_spec(folder, dataset, number_of_epochs=2, keep_checkpoints=True)
     storage = Storage(str(folder))
     storage.write_json(FILES.stop, {"reason": "paused"})
     assert run.run_trial(spec)["status"] == "stopped"
@@ -247,3 +253,18 @@ def test_invalid_spec_exits_3_and_marks_the_trial_failed(tmp_path, dataset, caps
     assert run.main([spec]) == 3
     assert "schema_version 99 is not supported" in capsys.readouterr().err
     assert run.main([str(tmp_path / "missing" / "spec.json")]) == 3
+
+
+def test_a_torn_status_is_started_afresh_and_a_torn_stop_request_still_stops(tmp_path, dataset):
+    folder = tmp_path / "trial"
+    spec = write_spec(folder, dataset, number_of_epochs=1)
+    (folder / FILES.status).write_text('{"status": "running", "epo')  # cut by a kill
+    status = run.run_trial(spec)
+    assert status["status"] == "completed", status.get("error")
+
+    folder = tmp_path / "stopped"
+    spec = write_spec(folder, dataset, number_of_epochs=3)
+    (folder / FILES.stop).write_text('{"reason": "early_term')  # the controller only writes it to stop the trial
+    status = run.run_trial(spec)
+    assert status["status"] == "stopped" and status["epochs"] == 1
+    assert status["reason"].startswith("stop requested (") and "stop.json" in status["reason"]

@@ -9,11 +9,11 @@ from PIL import Image
 
 from automl_images.core import models as registry
 from automl_images.core.hyperparameters import Task
+from automl_images.core.labels import class_name
 from automl_images.core.trial_spec import SpecError
 
-from .. import models, presets
+from .. import batch_augment, models, presets
 from ..data import ImageDataset, Sample
-from ..labels import class_name
 from ..metrics import multiclass as multiclass_metrics
 from ..presets import DEFAULT_TRAIN_PRESET, Preprocessing
 
@@ -94,7 +94,8 @@ class ClassificationAdapter:
     """image-classification, for one trial's hyperparameters (see tasks.TaskAdapter)."""
 
     task = Task.CLASSIFICATION
-    collate = None   # the default: images and targets stacked
+    # Stacked tensors; batch augmentation's training batches padded (batch_augment.collate).
+    collate = staticmethod(batch_augment.collate)
 
     def __init__(self, hyperparameters: Mapping[str, Any]):
         self.hyperparameters = hyperparameters
@@ -120,13 +121,21 @@ class ClassificationAdapter:
     # -- data --------------------------------------------------------------------------------------
     def dataset(self, samples: Sequence[Sample], targets: Sequence[Any], *, train: bool,
                 seed: int = 0) -> ImageDataset:
-        """8-bit image tensors of crop_size (normalised on the device: `batch_transform`)."""
+        """8-bit image tensors of crop_size (normalised on the device: `batch_transform`). Training
+        with batch augmentation (batch_augment.enabled): each decoded image and its augmentation
+        parameters, augmented on the device."""
         p = self.preprocessing
-        transform = presets.train_transform(p, normalize=False) if train else presets.eval_transform(p, normalize=False)
+        if not train:
+            transform = presets.eval_transform(p, normalize=False)
+        elif batch_augment.enabled():
+            transform = batch_augment.sample_transform(p)
+        else:
+            transform = presets.train_transform(p, normalize=False)
         return ImageDataset(samples, targets, transform, seed=seed, min_size=presets.decode_size(p, train))
 
-    def batch_transform(self, device: torch.device) -> presets.BatchNormalize:
-        return presets.BatchNormalize(self.preprocessing, device)
+    def batch_transform(self, device: torch.device) -> batch_augment.BatchAugment:
+        """Normalises every batch; augments the training batches of batch augmentation (`dataset`)."""
+        return batch_augment.BatchAugment(self.preprocessing, device)
 
     # -- model -------------------------------------------------------------------------------------
     def build_model(self, num_classes: int, weights_cache: str | None = None) -> torch.nn.Module:
@@ -171,10 +180,10 @@ class ClassificationAdapter:
 
     def predictions(self, outputs: torch.Tensor, labels: Sequence[str], info: Mapping[str, Any],
                     sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        probabilities = torch.softmax(outputs.float(), dim=1)
+        """Per image, a training JSONL record's `label` (the most probable class) and `scores`, every
+        class's probability: what `evaluate` reads, and a label file as it stands."""
         out = []
-        for row in probabilities.tolist():
+        for row in torch.softmax(outputs.float(), dim=1).tolist():
             best = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": labels[best], "score": row[best],
-                        "probabilities": dict(zip(labels, row))})
+            out.append({"label": labels[best], "scores": dict(zip(labels, row))})
         return out

@@ -13,9 +13,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from automl_images.core.hyperparameters import Task
+from automl_images.core.labels import class_list
 from automl_images.core.trial_spec import SpecError
 
-from ..labels import class_list
 from ..metrics import MULTILABEL_THRESHOLD
 from ..metrics import multilabel as multilabel_metrics
 from .classification import ClassificationAdapter
@@ -111,12 +111,12 @@ class MultiLabelAdapter(ClassificationAdapter):
     # -- inference ---------------------------------------------------------------------------------
     def predictions(self, outputs: torch.Tensor, labels: Sequence[str], info: Mapping[str, Any],
                     sizes: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
-        """Per image: `labels`, the classes at or above the threshold (model.json's), most probable
-        first, and `probabilities` of every class."""
+        """Per image, a training JSONL record's `label`: the classes at or above the threshold
+        (model.json's), most probable first; and `scores`, every class's probability (what
+        `evaluate` reads)."""
         threshold = float(info.get("threshold", self.threshold))
         out = []
         for row in torch.sigmoid(outputs.float()).tolist():
             chosen = sorted((i for i, p in enumerate(row) if p >= threshold), key=lambda i: -row[i])
-            out.append({"labels": [labels[i] for i in chosen], "threshold": threshold,
-                        "probabilities": dict(zip(labels, row))})
+            out.append({"label": [labels[i] for i in chosen], "scores": dict(zip(labels, row))})
         return out
