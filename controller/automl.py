@@ -256,7 +256,7 @@ def TruncationSelectionPolicy(*, truncation_percentage: int | None = None,  # no
 
 def AshaPolicy(*, min_resource: int | None = None, reduction_factor: int | None = None,  # noqa: N802
                max_resource: int | None = None) -> dict[str, Any]:
-    """Asynchronous successive halving (not in AzureML; README "Early termination")."""
+    """Asynchronous successive halving (not in AzureML; docs/sampling.md, "Early termination")."""
     return _policy("asha", min_resource=min_resource, reduction_factor=reduction_factor, max_resource=max_resource)
 
 

@@ -22,7 +22,7 @@
 `--root` defaults to $AUTOML_IMAGES_ROOT. Exit codes: 0 ok; 1 failed (a trial, or with --until-done a job
 the controller ran that failed or was rejected); 2 invalid input (a job file, an unknown job, a root that
 does not exist); 3 an outage (the bucket not answering or gone, a full or read-only disk, no permission:
-one line says which; try again). README.md's "Commands" lists them per command.
+one line says which; try again). docs/bucket-layout.md's "Exit codes" lists them per command.
 """
 from __future__ import annotations
 

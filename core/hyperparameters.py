@@ -2,7 +2,7 @@
 
 One registry, in the torch-free core: the controller validates job files against it and resolves
 each job's defaults from it when it accepts the job, the trainer builds what the settings name,
-and the README's table is generated from the same data.
+and the table in docs/hyperparameters.md is generated from the same data.
 A setting the trainer does not act on is not in the registry: a job that sets it is refused,
 never silently ignored. Azure GA's names are aliases of the preview's (`Hyperparameter.aliases`).
 """
@@ -343,7 +343,7 @@ def resolve(task: Task, values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# -- the README's table ----------------------------------------------------------------------------
+# -- the table of docs/hyperparameters.md ---------------------------------------------------------------
 
 _TASK_SHORT = {Task.CLASSIFICATION: "multi-class", Task.MULTI_LABEL: "multi-label",
                Task.OBJECT_DETECTION: "OD", Task.INSTANCE_SEGMENTATION: "IS"}
@@ -377,7 +377,7 @@ def _default_text(hp: Hyperparameter) -> str:
 
 
 def markdown_table() -> str:
-    """Every hyperparameter with its tasks, range and defaults, as the README shows them."""
+    """Every hyperparameter with its tasks, range and defaults, as docs/hyperparameters.md shows them."""
     rows = ["| name | tasks | range | default |", "|---|---|---|---|"]
     for hp in _REGISTRY:
         value_range = "see the model list" if hp.name == "model_name" else hp.range_text()

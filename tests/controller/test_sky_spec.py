@@ -126,11 +126,11 @@ def test_without_skypilot_installed_the_error_says_how_to_install_it(monkeypatch
                                          "pip install 'automl-images[skypilot]'"}
 
 
-def test_the_readme_example_is_accepted():
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Spot GPUs with SkyPilot"):]
+def test_the_documented_example_is_accepted():
+    page = (REPO / "docs" / "skypilot.md").read_text()
+    section = page[page.index("## The compute section"):]
     example = section[section.index("```yaml\n") + 8:section.index("```\n", section.index("```yaml\n"))]
-    got = parse_job("task: image-classification\ntraining_data: t.jsonl\n" + example, "README.md").compute
+    got = parse_job("task: image-classification\ntraining_data: t.jsonl\n" + example, "docs/skypilot.md").compute
     assert got.launcher == "skypilot" and got.accelerators == ("A10G:1", "L4:1")
     assert got.secrets == ("R2_SECRET_ACCESS_KEY",) and got.regions == ("aws/us-east-1", "aws/us-west-2")
 

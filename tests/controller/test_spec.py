@@ -687,6 +687,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_validate(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text(FULL_EXAMPLE)
+    # validate reads the data files (not the images): they must exist and parse
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"image_url": "a.png", "label": "a"}\n'
+                                                   '{"image_url": "b.png", "label": "b"}\n')
+    (tmp_path / "data" / "val.jsonl").write_text('{"image_url": "c.png", "label": "a"}\n')
     result = _cli("validate", str(good))
     assert result.returncode == 0, result.stderr
     assert "valid (image-classification, primary metric accuracy, random sampling, 2 subspaces, 20 trials)" \
@@ -706,6 +711,6 @@ def test_cli_validate(tmp_path):
 
 
 def test_the_readme_table_is_the_registry():
-    readme = (REPO / "README.md").read_text()
-    assert hps.markdown_table() in readme, "regenerate it: python -c 'from automl_images.trainer." \
+    readme = (REPO / "docs" / "hyperparameters.md").read_text()
+    assert hps.markdown_table() in readme, "regenerate it: python -c 'from automl_images.core." \
                                            "hyperparameters import markdown_table; print(markdown_table())'"
