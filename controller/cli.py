@@ -406,7 +406,8 @@ def _gc(args: argparse.Namespace) -> int:
     for key in collected.keys:
         _print(root.storage.url(key))
     verb = "would free" if args.dry_run else "freed"
-    _print(f"{args.job}: {len(collected.keys)} checkpoint(s), {verb} {collected.freed_bytes / 1e6:.1f} MB")
+    prepared = f", {collected.prepared_files} prepared image file(s)" if collected.prepared_files else ""
+    _print(f"{args.job}: {collected.checkpoints} checkpoint(s){prepared}, {verb} {collected.freed_bytes / 1e6:.1f} MB")
     return 0
 
 

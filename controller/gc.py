@@ -5,16 +5,20 @@ RNG state besides the weights: 134 MB for resnet18) only lets an unfinished tria
 delete it themselves when they end (unless the job says `keep_checkpoints: true`); gc removes the
 ones left behind: jobs that kept them, trials killed between their last status and the deletion,
 and jobs run by versions that kept them all. The checkpoints a job asked for with
-`checkpoint_frequency` (`checkpoints/epoch_NNNN.pt`) stay: the user wanted those.
+`checkpoint_frequency` (`checkpoints/epoch_NNNN.pt`) stay: the user wanted those. The job's copy of
+its prepared images (`prepared_images: bucket`, `jobs/<id>/prepared/`) goes too: only its trials
+read it, and its index first, so that a copy half deleted never reads as whole.
 
 Only an ended job: a running job's trials may resume from their checkpoints.
 """
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
 
-from automl_images.core.layout import FILES, Root
+from automl_images.core.layout import FILES, PREPARED_INDEX, Root
 from automl_images.core.records import JobStatus
+from automl_images.core.storage import join
 
 
 class JobNotEnded(Exception):
@@ -25,6 +29,8 @@ class JobNotEnded(Exception):
 class Collected:
     keys: list[str] = field(default_factory=list)  # deleted (or, dry run, would be)
     freed_bytes: int = 0
+    checkpoints: int = 0
+    prepared_files: int = 0
 
 
 def collect(root: Root, job_id: str, dry_run: bool = False) -> Collected:
@@ -41,8 +47,12 @@ def collect(root: Root, job_id: str, dry_run: bool = False) -> Collected:
         raise JobNotEnded(f"job {job_id!r} is {status.value if status else 'not accepted yet'}: its trials may "
                           "still resume from their checkpoints; cancel it first, or wait for it to end")
     collected = Collected()
-    for trial in root.trial_ids(job_id):
-        key = root.trial_key(job_id, trial, FILES.checkpoint)
+    checkpoints = [root.trial_key(job_id, trial, FILES.checkpoint) for trial in root.trial_ids(job_id)]
+    prefix = root.prepared_images(job_id)
+    # every set's index first (a stable sort keeps the rest in order)
+    prepared = [join(prefix, rel) for rel in sorted(root.storage.walk(prefix),
+                                                    key=lambda rel: posixpath.basename(rel) != PREPARED_INDEX)]
+    for key in checkpoints + prepared:
         size = root.storage.size(key)
         if size is None:
             continue
@@ -50,4 +60,8 @@ def collect(root: Root, job_id: str, dry_run: bool = False) -> Collected:
             root.storage.delete(key)
         collected.keys.append(key)
         collected.freed_bytes += size
+        if key in prepared:
+            collected.prepared_files += 1
+        else:
+            collected.checkpoints += 1
     return collected

@@ -56,6 +56,7 @@ class JobController:
         self.sampler = make_sampler(spec)
         self.costs = Costs(context.launcher, context.clock)
         self.progress = Progress(job_id, spec, context.log, context.clock)
+        self.report = report.Refresher(context.root, job_id, context.log)
         self._sweeps = {trial: view.sweep for trial, view in finished.items()}
         self._summarized = len(finished)            # finished trials in trials.json, as last read or written
         self._told: set[tuple[str, str]] = set()     # the torn trial files logged (trial, why): once each
@@ -175,6 +176,9 @@ class JobController:
             output=self.root.trial_url(self.job_id, trial), seed=trial_seed(spec.seed, index),
             weights_cache=spec.weights_cache, datastores=spec.datastores, compile=spec.compile,
             lenient_labels=spec.lenient_labels, keep_checkpoints=spec.keep_checkpoints,
+            prepare_images=spec.prepared_images != "off",
+            prepared_copy=self.root.storage.url(self.root.prepared_images(self.job_id))
+            if spec.prepared_images == "bucket" else None,
             allow_private_image_urls=spec.allow_private_image_urls, split=self._split_url(), sweep=sweep)
 
     def _split_url(self) -> str | None:
@@ -260,7 +264,7 @@ class JobController:
         storage.write_text(self.root.leaderboard(self.job_id, "json"), leaderboard.to_json(board))
         # Publish comes only when the set of finished trials changed, and at the end: so does the report
         # (at most once a minute until the end).
-        report.refresh(self.root, self.job_id, self.context.log, final=action.final)
+        self.report(job, self.spec, final=action.final)
         mlflow_sync.sync(self.root, self.job_id, self.spec, job.trials, action.final, self.context.log)
         self.context.states.published(self.job_id, job.state, sum(t.is_terminal for t in job.trials), job.cost_usd)
 

@@ -33,6 +33,7 @@ from .launch.extras import SKYPILOT_INSTALL, skypilot_installed
 SCHEMA_VERSION = 1
 
 SAMPLERS = ("random", "grid", "bayesian")
+PREPARED_IMAGES = ("local", "bucket", "off")
 POLICIES = ("bandit", "median_stopping", "truncation_selection", "asha")
 LAUNCHERS = ("local", "skypilot")
 
@@ -145,6 +146,9 @@ class JobSpec:
     lenient_labels: bool = False              # detection: clip and report out-of-bounds boxes, not refuse
     allow_private_image_urls: bool = False    # web image URLs may point into private networks (core/addresses.py)
     keep_checkpoints: bool = False            # finished trials keep checkpoints/last.pt (resume state)
+    # Each image decoded once: on each machine ("local"), with a copy in the bucket for trials on
+    # other machines ("bucket"), or decoded in every epoch ("off") (trainer/prepared.py).
+    prepared_images: str = "local"
     # Where the controller logs the job and its trials (controller/mlflow_sync.py); None: the
     # controller's MLFLOW_TRACKING_URI, if set.
     mlflow_tracking_uri: str | None = None
@@ -547,6 +551,8 @@ _TOP = {
     "lenient_labels": "detection and segmentation: clip boxes and polygons slightly out of [0, 1] and report them",
     "allow_private_image_urls": "true: image URLs may point to loopback, private and link-local addresses",
     "keep_checkpoints": "true: finished trials keep checkpoints/last.pt (by default only the model and metrics stay)",
+    "prepared_images": "local | bucket | off: each image decoded once per machine, also copied to the bucket, or "
+                       "decoded every epoch",
     "mlflow_tracking_uri": "MLflow tracking URI the controller logs the job, its trials and best model to",
     "sampling_options": "bayesian: estimator (gp | rf | et), n_initial_points",
     "warm_start": "earlier job ids whose finished trials seed bayesian sampling",
@@ -623,6 +629,10 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
     keep_checkpoints = top.get("keep_checkpoints", False)
     if not isinstance(keep_checkpoints, bool):
         check.add(("keep_checkpoints",), f"must be true or false, got {keep_checkpoints!r}")
+    prepared = top.get("prepared_images", "local")
+    # YAML 1.1 reads an unquoted `off` as false
+    prepared_images = check.one_of("off" if prepared is False else prepared, ("prepared_images",), PREPARED_IMAGES,
+                                   "prepared_images")
     lenient_labels = top.get("lenient_labels", False)
     if not isinstance(lenient_labels, bool):
         check.add(("lenient_labels",), f"must be true or false, got {lenient_labels!r}")
@@ -669,7 +679,8 @@ def parse_job(text: str, source: str = "job.yaml") -> JobSpec:
                    arguments=arguments, limits=limits, compute=compute, early_termination=early, seed=seed,
                    weights_cache=weights_cache, name=name, datastores=datastores, compile=compile_model is True,
                    lenient_labels=lenient_labels is True, allow_private_image_urls=allow_private is True,
-                   keep_checkpoints=keep_checkpoints is True, mlflow_tracking_uri=mlflow_tracking_uri,
+                   keep_checkpoints=keep_checkpoints is True,
+                   prepared_images=prepared_images or "local", mlflow_tracking_uri=mlflow_tracking_uri,
                    sampling_options=sampling_options, warm_start=warm_start,
                    defaults=_registry_defaults(task, search_space), automode=use_automode,
                    notices=tuple(str(check.problem(path, message)) for path, message in translation.notices))

@@ -19,6 +19,9 @@
     <root>/jobs/<job_id>/leaderboard.json|.csv   trials ranked by the primary metric
     <root>/jobs/<job_id>/best/                   a copy of the best trial's model/ and trial.json
     <root>/jobs/<job_id>/report.html             the HTML report (controller/report.py)
+    <root>/jobs/<job_id>/prepared/<key>/         with `prepared_images: bucket`: the job's images
+                                                 decoded once, for trials on other machines
+                                                 (trainer/prepared.py)
     <root>/jobs/<job_id>/trials/<trial_id>/      one trial: the files of `TrialFiles`
 
 A root is any fsspec URL or a local folder.
@@ -34,6 +37,7 @@ from .storage import Storage, join
 INBOX = "inbox"
 JOBS = "jobs"
 UPLOADS = "uploads"
+PREPARED_INDEX = "index.json"   # of each prepared set (trainer/prepared.py): written last, it says the set is whole
 
 # A job id names a folder in every bucket and a SkyPilot job: never a path (no "/", no ".."),
 # and short enough for either.
@@ -184,6 +188,10 @@ class Root:
 
     def report(self, job: str) -> str:
         return self.job_key(job, "report.html")
+
+    def prepared_images(self, job: str) -> str:
+        """The prefix of the job's prepared sets: `<key>/images/...` and `<key>/PREPARED_INDEX`."""
+        return self.job_key(job, "prepared")
 
     def best_trial(self, job: str) -> str:
         """The best trial's leaderboard row, with the URL of its model (the rest of best/)."""

@@ -394,6 +394,10 @@ class Storage:
     def write_json(self, key: str, value: Any) -> None:
         self.write_bytes(key, json_bytes(value))
 
+    def download_file(self, key: str, local_path: str) -> None:
+        """The object `key` into the local file `local_path`, streamed (not held in memory)."""
+        with_retries(lambda: self.fs.get_file(self._path(key), local_path))
+
     def upload_file(self, local_path: str, key: str) -> None:
         with open(local_path, "rb") as f:
             self.write_bytes(key, f.read())

@@ -45,6 +45,11 @@ class TrialSpec:
     # Finished (completed, or stopped by the controller): keep checkpoints/last.pt, which only a
     # resume needs; by default the trainer deletes it once its final status is written.
     keep_checkpoints: bool = False
+    # The job's prepared_images (trainer/prepared.py): decode each image once on each machine
+    # (prepare_images), and keep a copy of what was decoded below `prepared_copy` (a bucket
+    # prefix; None: on the machine's disk only).
+    prepare_images: bool = True
+    prepared_copy: str | None = None
     # Web image URLs may point into private networks (the job's allow_private_image_urls, core/addresses.py).
     allow_private_image_urls: bool = False
     # Without validation data: the job's split file (core/split.py), written once when the job was
@@ -93,9 +98,12 @@ class TrialSpec:
         if not isinstance(datastores, dict) or not all(
                 isinstance(k, str) and k and isinstance(v, str) and v for k, v in datastores.items()):
             raise SpecError(f"trial spec field 'datastores': must map datastore names to root URLs, got {datastores!r}")
-        for flag in ("compile", "lenient_labels", "allow_private_image_urls", "keep_checkpoints"):
+        for flag in ("compile", "lenient_labels", "allow_private_image_urls", "keep_checkpoints", "prepare_images"):
             if not isinstance(data.get(flag, False), bool):
                 raise SpecError(f"trial spec field {flag!r}: must be true or false, got {data[flag]!r}")
+        copy = data.get("prepared_copy")
+        if copy is not None and not (isinstance(copy, str) and copy):
+            raise SpecError(f"trial spec field 'prepared_copy': must be a URL or null, got {copy!r}")
         fields = {k: v for k, v in data.items() if k in known}
         fields["datastores"] = dict(datastores)
         fields["task"] = task

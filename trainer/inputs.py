@@ -78,7 +78,10 @@ class TrialInputs:
         loader_options = {"device": device, "seed": spec.seed, "rank": ctx.rank, "world_size": ctx.world_size,
                           "processes_per_node": ctx.local_world_size, "workers": hp.get("number_of_workers")}
         # Each image decoded once per job on this machine instead of once an epoch (prepared.py).
-        images = prepared.JobImages(train_samples + val_samples) if prepared.enabled() else None
+        images = None
+        if spec.prepare_images and prepared.enabled():
+            copy = Storage(spec.prepared_copy) if spec.prepared_copy else None
+            images = prepared.JobImages(train_samples + val_samples, copy=copy)
 
         def dataset(samples: list[data.Sample], targets: list[Any], **options) -> data.ImageDataset:
             made = adapter.dataset(samples, targets, **options)

@@ -17,17 +17,34 @@ against 90 µs), both small beside the resize that follows (~440 µs from 150×1
 
 Layout, in `<image cache>-prepared/` on the local disk, beside data.image_cache_dir():
 
-    <key>.lock                fcntl lock of the one process preparing <key>; the others wait for it
-    <key>/images/<n>.ppm      written aside and renamed into place: a file in place is whole
-    <key>/index.json          written last, atomically: each image's source, size in pixels and in
-                              bytes, and sha256; its presence says every image is in place
+    <key>.lock                    fcntl lock of the one process preparing <key>; the others wait for it
+    <key>/images/<sha256>.ppm     the image whose file has that sha256, decoded; written aside and
+                                  renamed into place: a file in place is whole
+    <key>/index.json              written last, atomically: each source file's sha256, its prepared
+                                  file, size in pixels and in bytes, and sha256; its presence says
+                                  every image is in place
 
-`key` hashes the format, the decode size and each input file's path and sha256: a changed image, a
-new image or another decode size is another key, prepared anew. A process killed while preparing
-leaves no index.json; the next one takes the lock, keeps the images already written whose size (and,
-where an older index lists it, hash) is right, and writes the rest. An index whose files do not have
-its sizes is not used. Turned off with AUTOML_IMAGES_PREPARED=0; skipped (with a log line) when the
+`key` hashes the format, the decode size, the decoder (PIL, or the batched one) and the sha256 of
+each input file's bytes, not its path: a changed image, a new image or another decode size is
+another key, prepared anew, and the same images fetched to other paths on another machine are the
+same key. A process killed while preparing leaves no index.json; the next one takes the lock, keeps
+the images already written whose size (and, where an older index lists it, hash) is right, and writes
+the rest. An index whose files do not have its sizes is not used. Turned off with
+AUTOML_IMAGES_PREPARED=0 or the job's `prepared_images: off`; skipped (with a log line) when the
 decoded images would take more than half the free space of the disk.
+
+A copy in the bucket (the job's `prepared_images: bucket`: `jobs/<id>/prepared/<key>/`, the same
+files): the first trial that prepares a set on its machine uploads it, images first and index.json
+last, so that an index in the bucket says the copy is whole; a trial on another machine that finds
+no local set fetches the copy instead of decoding (each file checked against the index's sha256,
+written aside and renamed; a file already here and whole is kept, so a killed fetch resumes), and
+decodes itself whatever does not check out. Two machines starting together both decode (neither
+waits on another machine, which a spot preemption may take away at any moment) and both upload the
+same bytes. A copy is not the default: decoded pixels are 6× the bytes of the fridge photos' JPEGs
+(11× for the thumbnails), and a machine with 16 cores decodes a photo in ~0.1 ms of wall time, about
+what fetching its pixels takes at the 1.25 GB/s of a 10 Gb/s link; it pays where decoding is slow
+(large photos, few cores, slow formats). The copy is an optimisation: a store that fails while
+fetching or uploading it is logged and the trial goes on from its own set.
 
 Where there is a GPU, JPEGs are decoded on it in batches (`decode_jpegs`: torchvision's batched
 `decode_jpeg`, nvJPEG), then resized to the size PIL's reduced-scale decode gives, which the GPU
@@ -40,12 +57,9 @@ reduced scale a full decode resized differs from PIL's scaled IDCT: on 64 fridge
 at 1/2 and 1/4 scale by 2.5 and 3.7 levels of 255 on average, under 50 for 99.9% of the values, up
 to 96 on single edge pixels (measured on the CPU; nvJPEG's own rounding is not measured here).
 The training transforms resize these images again; a set prepared on a GPU is read by the trials
-of that machine only. (torchvision 0.29 deprecates its image decoders in favour of TorchCodec's,
+of that machine, or of machines that prepare on a GPU too (the decoder is part of the key).
+(torchvision 0.29 deprecates its image decoders in favour of TorchCodec's,
 a dependency the project does not have yet: moving there is left for when it does.)
-
-There is no copy in the bucket for other machines: decoded pixels are 6× the bytes of the fridge
-photos' JPEGs (11× for the thumbnails), and a machine with 16 cores decodes a photo in ~0.1 ms of
-wall time, less than fetching its megabyte of pixels takes at the 1.25 GB/s of a 10 Gb/s link.
 """
 from __future__ import annotations
 
@@ -66,17 +80,20 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as F
 
+from automl_images.core.layout import PREPARED_INDEX
+from automl_images.core.storage import Storage, describe, join
+
 from . import data
 
 log = logging.getLogger(__package__)
 
 PREPARED_ENV = "AUTOML_IMAGES_PREPARED"   # "0": every epoch decodes the original files
-FORMAT = 1                                # bump when what a prepared file holds changes
+FORMAT = 2                                # bump when what a prepared file holds changes
 MAX_DISK_SHARE = 0.5                      # of the disk's free space, at most, for one prepared set
 DECODE_DEVICE_ENV = "AUTOML_IMAGES_DECODE_DEVICE"   # "pil", or a torch device: see decode_device
 # JPEGs per batched decode: full-size pixels of 32 photos of 12 MP are 1.2 GB of GPU memory.
 DECODE_BATCH = 32
-INDEX = "index.json"
+INDEX = PREPARED_INDEX
 
 
 def enabled() -> bool:
@@ -94,6 +111,7 @@ class PreparedImages:
     folder: str
     files: dict[str, str]   # source path -> prepared file
     decoded: int            # images this process decoded to prepare it (0: it was there)
+    fetched: int = 0        # images this process fetched from the bucket's copy
 
     def substitute(self, samples: Sequence[data.Sample]) -> list[data.Sample]:
         """`samples`, each reading its prepared copy instead of its source file."""
@@ -106,54 +124,59 @@ class PreparedImages:
             _file_sha256(os.path.join(self.folder, e["file"])) == e["sha256"] for e in entries)
 
 
-def input_digest(paths: Sequence[str]) -> str:
-    """The content hash of the inputs: each file's path and the sha256 of its bytes, in order."""
+def source_digests(paths: Sequence[str]) -> dict[str, str]:
+    """The sha256 of each file's bytes, by path."""
     with ThreadPoolExecutor(max_workers=_threads()) as pool:   # hashlib releases the GIL
-        digests = list(pool.map(_file_sha256, paths))
-    whole = hashlib.sha256()
-    for path, digest in zip(paths, digests):
-        whole.update(f"{path}\0{digest}\n".encode("utf-8"))
-    return whole.hexdigest()
+        return dict(zip(paths, pool.map(_file_sha256, paths)))
 
 
 def prepare(paths: Sequence[str], decode_size: int | None, root: str | None = None,
-            digest: str | None = None) -> PreparedImages | None:
+            digests: dict[str, str] | None = None, copy: Storage | None = None) -> PreparedImages | None:
     """The images at `paths` (local files), decoded as `data.open_image(path, decode_size)` and
     prepared under `root` (default: prepared_root()); found there when some process prepared them
-    before, else prepared here, under the key's lock. `digest`: input_digest(paths), when known.
-    None when they would not fit on the disk or cannot be written there (the caller decodes the
-    originals)."""
+    before, else fetched from the bucket's `copy` (a prefix holding one folder per key) when it has
+    them, else prepared here, under the key's lock, and uploaded to `copy`. `digests`:
+    source_digests(paths), when known. None when they would not fit on the disk or cannot be
+    written there (the caller decodes the originals)."""
     paths = sorted(set(paths))
+    digests = digests or source_digests(paths)
     root = root or prepared_root()
-    key = hashlib.sha256(f"{FORMAT}\n{decode_size}\n{digest or input_digest(paths)}".encode()).hexdigest()[:32]
+    decoder = "pil" if decode_device() is None else "batched"
+    contents = "".join(f"{d}\n" for d in sorted({digests[p] for p in paths}))
+    key = hashlib.sha256(f"{FORMAT}\n{decode_size}\n{decoder}\n{contents}".encode()).hexdigest()[:32]
     folder = os.path.join(root, key)
-    found = _open(folder, paths)
-    if found is not None:
-        return found
     try:
-        os.makedirs(root, exist_ok=True)
-        with _locked(folder + ".lock"):
-            found = _open(folder, paths)   # prepared by the process that held the lock
-            if found is not None:
-                return found
-            if not _fits(paths, decode_size, root, folder):
-                return None
-            decoded = _build(folder, paths, decode_size)
+        found = _open(folder, paths, digests)
+        if found is None:
+            os.makedirs(root, exist_ok=True)
+            with _locked(folder + ".lock"):
+                found = _open(folder, paths, digests)   # prepared by the process that held the lock
+                if found is None:
+                    if not _fits(paths, decode_size, root, folder):
+                        return None
+                    fetched = _fetch(copy, key, folder) if copy is not None else 0
+                    decoded = _build(folder, paths, digests, decode_size)
+                    log.info("prepared %d images at decode size %s in %s (%d decoded here, %d fetched from %s)",
+                             len(paths), decode_size, folder, decoded, fetched, copy.url(key) if copy else "-")
+                    found = PreparedImages(folder, _files(folder, paths, digests), decoded, fetched)
     except OSError as exc:   # a full disk, say: training can go on from the originals
         log.warning("images not prepared in %s: %s; every epoch decodes them", folder, exc)
         return None
-    log.info("prepared %d images at decode size %s in %s (%d decoded here)", len(paths), decode_size, folder, decoded)
-    return PreparedImages(folder, _files(folder, paths), decoded)
+    if copy is not None:
+        _upload(copy, key, folder)
+    return found
 
 
 class JobImages:
     """The prepared images of one trial's samples, at each decode size its datasets ask for (the
-    inputs' hash is computed once for all of them)."""
+    inputs' hashes are computed once for all of them). `copy`: the bucket prefix of the job's
+    copy, None for none."""
 
-    def __init__(self, samples: Sequence[data.Sample], root: str | None = None):
+    def __init__(self, samples: Sequence[data.Sample], root: str | None = None, copy: Storage | None = None):
         self.paths = sorted({s.path for s in samples})
         self.root = root
-        self._digest: str | None = None
+        self.copy = copy
+        self._digests: dict[str, str] | None = None
         self._by_size: dict[int | None, PreparedImages | None] = {}
 
     def attach(self, dataset: data.ImageDataset) -> None:
@@ -161,12 +184,76 @@ class JobImages:
         it reading the originals where they cannot be prepared."""
         size = dataset.min_size
         if size not in self._by_size:
-            if self._digest is None:
-                self._digest = input_digest(self.paths)
-            self._by_size[size] = prepare(self.paths, size, self.root, self._digest)
+            if self._digests is None:
+                self._digests = source_digests(self.paths)
+            self._by_size[size] = prepare(self.paths, size, self.root, self._digests, self.copy)
         prepared = self._by_size[size]
         if prepared is not None:
             dataset.samples = prepared.substitute(dataset.samples)
+
+
+# -- the bucket's copy -----------------------------------------------------------------------------
+
+def _fetch(copy: Storage, key: str, folder: str) -> int:
+    """Fetches the bucket's copy of `key` into `folder` (called under the key's lock, before
+    `_build`, which keeps what is whole and decodes the rest); returns how many files it fetched.
+    Nothing when the bucket has no complete copy."""
+    try:
+        index = copy.read_json(join(key, INDEX))
+    except Exception as exc:   # noqa: BLE001 - any store's error: the copy is an optimisation
+        log.warning("the bucket's copy of the prepared images %s cannot be read (%s); decoding here",
+                    copy.url(key), describe(exc))
+        return 0
+    entries = _index_entries(index)
+    if entries is None:
+        if index is not None:
+            log.warning("the bucket's copy %s has a damaged index; decoding here", copy.url(join(key, INDEX)))
+        return 0
+    images = os.path.join(folder, "images")
+    os.makedirs(images, exist_ok=True)
+
+    def fetch(entry: dict[str, Any]) -> int:
+        target = os.path.join(folder, entry["file"])
+        if _whole(target, entry["sha256"]) is not None:
+            return 0   # fetched (or decoded) before this process was killed
+        handle, tmp = tempfile.mkstemp(dir=images, prefix=".tmp-")
+        os.close(handle)
+        try:
+            copy.download_file(join(key, entry["file"]), tmp)
+            if _file_sha256(tmp) != entry["sha256"]:
+                log.warning("the bucket's copy of %s does not match its index; decoding it here",
+                            copy.url(join(key, entry["file"])))
+                return 0
+            os.replace(tmp, target)
+            return 1
+        except Exception as exc:   # noqa: BLE001 - as above
+            log.warning("%s not fetched (%s); decoding it here", copy.url(join(key, entry["file"])), describe(exc))
+            return 0
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
+        return sum(pool.map(fetch, entries))
+
+
+def _upload(copy: Storage, key: str, folder: str) -> None:
+    """Uploads the local set `folder` as the bucket's copy of `key`, unless the bucket has it: the
+    files it lacks (one listing; an object in a bucket is whole once it is there), then the index."""
+    try:
+        if copy.exists(join(key, INDEX)):
+            return
+        there = set(copy.walk(key))
+        entries = _read_index(folder) or []
+        missing = [e["file"] for e in entries if e["file"] not in there]
+        with ThreadPoolExecutor(max_workers=_threads()) as pool:
+            list(pool.map(lambda name: copy.upload_file(os.path.join(folder, name), join(key, name)), missing))
+        copy.upload_file(os.path.join(folder, INDEX), join(key, INDEX))
+    except Exception as exc:   # noqa: BLE001 - any store's error: the copy is an optimisation
+        log.warning("prepared images not copied to %s (%s); trials on other machines will decode them",
+                    copy.url(key), describe(exc))
+        return
+    log.info("prepared images copied to %s (%d of %d files uploaded)", copy.url(key), len(missing), len(entries))
 
 
 # -- on disk ---------------------------------------------------------------------------------------
@@ -196,12 +283,17 @@ def _file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _image_file(index: int) -> str:
-    return f"images/{index:07d}.ppm"
+def _image_file(source_sha256: str) -> str:
+    return f"images/{source_sha256}.ppm"
 
 
-def _files(folder: str, paths: Sequence[str]) -> dict[str, str]:
-    return {path: os.path.join(folder, _image_file(i)) for i, path in enumerate(paths)}
+def _files(folder: str, paths: Sequence[str], digests: dict[str, str]) -> dict[str, str]:
+    return {path: os.path.join(folder, _image_file(digests[path])) for path in paths}
+
+
+def _contents(paths: Sequence[str], digests: dict[str, str]) -> list[tuple[str, str]]:
+    """(source sha256, prepared file) of each distinct image, in the index's order."""
+    return [(d, _image_file(d)) for d in sorted({digests[p] for p in paths})]
 
 
 def _bytes_in(folder: str) -> int:
@@ -213,24 +305,32 @@ def _bytes_in(folder: str) -> int:
 def _read_index(folder: str) -> list[dict[str, Any]] | None:
     try:
         with open(os.path.join(folder, INDEX), encoding="utf-8") as f:
-            index = json.load(f)
+            return _index_entries(json.load(f))
     except (OSError, ValueError):
         return None
+
+
+def _index_entries(index: Any) -> list[dict[str, Any]] | None:
+    """The image entries of an index (local or the bucket's), None unless it has this format's shape
+    (a file name from another index is one of ours, never a path elsewhere)."""
     if not isinstance(index, dict) or index.get("format") != FORMAT or not isinstance(index.get("images"), list):
         return None
     entries = index["images"]
-    fields = {"source": str, "file": str, "bytes": int, "sha256": str}
+    fields = {"source_sha256": str, "file": str, "bytes": int, "sha256": str}
     if not all(isinstance(e, dict) and all(isinstance(e.get(k), t) for k, t in fields.items()) for e in entries):
+        return None
+    if not all(e["file"] == _image_file(e["source_sha256"]) and e["source_sha256"].isalnum() for e in entries):
         return None
     return entries
 
 
-def _open(folder: str, paths: Sequence[str]) -> PreparedImages | None:
-    """The set in `folder` when its index lists `paths` and every file has its listed size."""
+def _open(folder: str, paths: Sequence[str], digests: dict[str, str]) -> PreparedImages | None:
+    """The set in `folder` when its index lists the images at `paths` and every file has its
+    listed size."""
     entries = _read_index(folder)
     if entries is None:
         return None
-    if [(e["source"], e["file"]) for e in entries] != [(p, _image_file(i)) for i, p in enumerate(paths)]:
+    if [(e["source_sha256"], e["file"]) for e in entries] != _contents(paths, digests):
         log.warning("prepared images in %s: the index lists other images; preparing again", folder)
         return None
     for entry in entries:
@@ -242,7 +342,7 @@ def _open(folder: str, paths: Sequence[str]) -> PreparedImages | None:
             log.warning("prepared image %s/%s: %d bytes, the index says %d; preparing again",
                         folder, entry["file"], size, entry["bytes"])
             return None
-    return PreparedImages(folder, _files(folder, paths), 0)
+    return PreparedImages(folder, _files(folder, paths, digests), 0)
 
 
 def _ppm_size(header: bytes) -> tuple[int, int, int] | None:
@@ -338,7 +438,7 @@ def decode_jpegs(sources: Sequence[str], decode_size: int | None,
     return out
 
 
-def _build(folder: str, paths: Sequence[str], decode_size: int | None) -> int:
+def _build(folder: str, paths: Sequence[str], digests: dict[str, str], decode_size: int | None) -> int:
     """Writes the images not already whole in `folder`, then the index; returns how many it decoded.
     Called under the key's lock."""
     images = os.path.join(folder, "images")
@@ -349,29 +449,31 @@ def _build(folder: str, paths: Sequence[str], decode_size: int | None) -> int:
     older = {e["file"]: e["sha256"] for e in _read_index(folder) or []}
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(folder, INDEX))  # a stale index must not outlive what it lists
+    contents = _contents(paths, digests)
+    source = {digests[p]: p for p in reversed(paths)}   # one file of each content: the first by path
 
-    def whole(index: int) -> dict[str, Any] | None:
-        name = _image_file(index)
+    def whole(n: int) -> dict[str, Any] | None:
+        name = contents[n][1]
         return _whole(os.path.join(folder, name), older.get(name))
 
-    def write(index: int, image: Image.Image | None) -> dict[str, Any]:
-        return _write(os.path.join(folder, _image_file(index)), paths[index], decode_size, image)
+    def write(n: int, image: Image.Image | None) -> dict[str, Any]:
+        digest, name = contents[n]
+        return _write(os.path.join(folder, name), source[digest], decode_size, image)
 
     device = decode_device()
     with ThreadPoolExecutor(max_workers=_threads()) as pool:   # PIL releases the GIL while decoding
-        found = list(pool.map(whole, range(len(paths))))
-        missing = [i for i, entry in enumerate(found) if entry is None]
+        found = list(pool.map(whole, range(len(contents))))
+        missing = [n for n, entry in enumerate(found) if entry is None]
         # In batches on the device, written as each batch is decoded (memory stays bounded); by PIL
         # in the pool's threads otherwise, and for what the device did not decode.
         step = DECODE_BATCH if device is not None else max(1, len(missing))
         for start in range(0, len(missing), step):
             chunk = missing[start:start + step]
-            images = decode_jpegs([paths[i] for i in chunk], decode_size, device) if device is not None \
-                else [None] * len(chunk)
-            for index, entry in zip(chunk, pool.map(write, chunk, images)):
-                found[index] = entry
-    entries = [{"source": source, "file": _image_file(i), **entry}
-               for i, (source, entry) in enumerate(zip(paths, found))]
+            decoded = decode_jpegs([source[contents[n][0]] for n in chunk], decode_size, device) \
+                if device is not None else [None] * len(chunk)
+            for n, entry in zip(chunk, pool.map(write, chunk, decoded)):
+                found[n] = entry
+    entries = [{"source_sha256": digest, "file": name, **entry} for (digest, name), entry in zip(contents, found)]
     index = {"format": FORMAT, "decode_size": decode_size, "images": entries}
     handle, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
     with os.fdopen(handle, "w", encoding="utf-8") as f:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from simulated import FakeClock, SimLauncher, curve, run_until_done, sim_job, submit
 
 from automl_images.controller.loop import Controller
 from automl_images.controller.progress import progress_line
 from automl_images.core import trials
 from automl_images.core.layout import FILES, Root
+from automl_images.core.trial_spec import TrialSpec
 
 # Four learning rates of known quality (best 0.02), evaluated one after another.
 GRID = "  - learning_rate: choice(0.02, 0.001, 0.005, 0.1, 0.0003, 0.04, 0.01, 0.2, 0.0001)\n"
@@ -174,3 +176,15 @@ def test_a_trial_line_shows_the_best_beside_the_last_epoch_and_progress_within_a
     done = {"status": "completed", "epoch": 2, "epochs_total": 2, "history": history[:2],
             "best": {"epoch": 2, "metrics": {"accuracy": 0.75}}, "progress": {"epoch": 2, "step": 3, "steps": 3}}
     assert trial_line(done, "accuracy") == "epoch 2/2, accuracy=0.7500"
+
+
+@pytest.mark.parametrize("setting, prepare, copy", [("", True, False), ("prepared_images: bucket\n", True, True),
+                                                    ("prepared_images: off\n", False, False)])
+def test_the_trial_spec_says_where_prepared_images_go(local_root, setting, prepare, copy):
+    root = Root(local_root)
+    clock = FakeClock()
+    submit(root, "prep", sim_job(max_trials=1, concurrent=1, epochs=1, extra=setting))
+    Controller(root, clock=clock, launchers={"local": SimLauncher(clock)}).reconcile_once()
+    spec = TrialSpec.from_dict(root.read_trial("prep", "t0000", FILES.spec))
+    assert spec.prepare_images is prepare
+    assert spec.prepared_copy == (root.storage.url("jobs/prep/prepared") if copy else None)

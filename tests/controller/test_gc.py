@@ -9,6 +9,7 @@ from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
 from automl_images.controller.cli import main
 from automl_images.controller.loop import Controller
 from automl_images.core.layout import FILES, Root
+from automl_images.core.storage import Storage
 
 
 def cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -65,3 +66,18 @@ def test_gc_refuses_a_running_job_and_an_unknown_one(local_root, capsys):
 
     code, out, err = cli(capsys, "gc", "nope", "--root", root.url)
     assert (code, err) == (2, f"automl-images gc: no job 'nope' in {root.url}\n")
+
+
+def test_gc_deletes_the_jobs_copy_of_its_prepared_images(ended_job, capsys, monkeypatch):
+    root = ended_job
+    prefix = root.prepared_images("done")
+    root.storage.write_bytes(f"{prefix}/k1/images/a.ppm", b"p" * 1_000_000)
+    root.storage.write_bytes(f"{prefix}/k1/index.json", b"{}")
+    deleted = []
+    delete = Storage.delete
+    monkeypatch.setattr(Storage, "delete", lambda self, key: (deleted.append(key), delete(self, key)))
+    code, out, err = cli(capsys, "gc", "done", "--root", root.url)
+    assert (code, out.splitlines()[-1], err) == (0, "done: 2 checkpoint(s), 2 prepared image file(s), freed 5.5 MB",
+                                                 "")
+    assert root.storage.walk(prefix) == []
+    assert deleted.index(f"{prefix}/k1/index.json") < deleted.index(f"{prefix}/k1/images/a.ppm")

@@ -714,3 +714,14 @@ def test_the_readme_table_is_the_registry():
     readme = (REPO / "docs" / "hyperparameters.md").read_text()
     assert hps.markdown_table() in readme, "regenerate it: python -c 'from automl_images.core." \
                                            "hyperparameters import markdown_table; print(markdown_table())'"
+
+
+@pytest.mark.parametrize("line, expected", [(None, "local"), ("prepared_images: bucket\n", "bucket"),
+                                            ("prepared_images: off\n", "off"), ('prepared_images: "off"\n', "off")])
+def test_prepared_images_is_local_by_default_and_taken(line, expected):
+    assert parse_job(BASE + (line or ""), SOURCE).prepared_images == expected
+
+
+def test_prepared_images_refuses_what_it_does_not_know():
+    found = problem(BASE + "prepared_images: cloud\n", "prepared_images", 3, "unknown prepared_images 'cloud'")
+    assert "allowed: local, bucket, off" in found.message

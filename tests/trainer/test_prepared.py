@@ -18,6 +18,7 @@ from automl_images.core import hyperparameters
 from automl_images.core.annotations import Record
 from automl_images.core.detection_labels import parser
 from automl_images.core.hyperparameters import Task
+from automl_images.core.storage import Storage
 from automl_images.trainer import data, prepared, presets
 from automl_images.trainer.inputs import TrialInputs
 from automl_images.trainer.tasks import get_adapter
@@ -196,25 +197,31 @@ def test_a_damaged_prepared_image_is_written_again(images, tmp_path):
     assert not again.verify()
 
 
-@pytest.mark.parametrize("setting", [None, "0"])
+@pytest.mark.parametrize("setting", ["local", "bucket", "job off", "environment off"])
 def test_a_trials_loaders_read_prepared_images_unless_turned_off(images, tmp_path, monkeypatch, setting):
     monkeypatch.setenv(data.IMAGE_CACHE_ENV, str(tmp_path / "cache"))
-    if setting is None:
-        monkeypatch.delenv(prepared.PREPARED_ENV, raising=False)
+    if setting == "environment off":
+        monkeypatch.setenv(prepared.PREPARED_ENV, "0")
     else:
-        monkeypatch.setenv(prepared.PREPARED_ENV, setting)
+        monkeypatch.delenv(prepared.PREPARED_ENV, raising=False)
     hp = hyperparameters.resolve(Task.CLASSIFICATION, {"resize_size": 64, "crop_size": 56, "training_batch_size": 2,
                                                        "validation_batch_size": 2, "log_training_metrics": "enable"})
-    spec = SimpleNamespace(hyperparameters=hp, seed=0, training_data="train.jsonl")
+    bucket = Storage(str(tmp_path / "bucket"))
+    spec = SimpleNamespace(hyperparameters=hp, seed=0, training_data="train.jsonl", prepare_images=setting != "job off",
+                           prepared_copy=bucket.url("jobs/j/prepared") if setting == "bucket" else None)
     adapter = get_adapter(Task.CLASSIFICATION, hp)
     samples = samples_of(images, ["a", "b"] * 4)
     loaders = TrialInputs(spec).loaders(adapter, torch.device("cpu"), ["a", "b"], samples[:6], samples[6:])
     datasets = [loaders.train_loader.dataset, loaders.val_loader.dataset, loaders.train_eval_loader.dataset]
     read = [s.path for d in datasets for s in d.samples]
-    if setting is None:
+    if setting in ("local", "bucket"):
         assert all(path.startswith(str(tmp_path / "cache-prepared")) for path in read)
     else:
         assert read == [s.path for s in samples[:6] + samples[6:] + samples[:6]]
+    # One set per decode size the datasets ask for, copied to the bucket with its index.
+    indexes = [key for key in bucket.walk("") if key.endswith("index.json")]
+    assert len(indexes) == (len({d.min_size for d in datasets}) if setting == "bucket" else 0) and \
+        (setting != "bucket" or indexes)
 
 
 def test_not_prepared_when_the_disk_is_too_small_or_cannot_be_written(images, tmp_path, monkeypatch):
@@ -224,3 +231,67 @@ def test_not_prepared_when_the_disk_is_too_small_or_cannot_be_written(images, tm
     monkeypatch.setattr(prepared, "MAX_DISK_SHARE", 1e-12)
     assert prepared.prepare(images, 64, str(tmp_path / "prep")) is None
     assert image_files(tmp_path / "prep") == []
+
+
+def moved(images, folder) -> list[str]:
+    """The same files under another folder: the paths another machine fetches them to."""
+    folder.mkdir()
+    copies = []
+    for path in images:
+        target = folder / os.path.basename(path)
+        target.write_bytes(open(path, "rb").read())
+        copies.append(str(target))
+    return copies
+
+
+def test_a_copy_in_the_bucket_spares_other_machines_the_decoding(images, tmp_path, root_url):
+    copy = Storage(root_url).url("jobs/j/prepared")
+    first = prepared.prepare(images, 64, str(tmp_path / "machine-a"), copy=Storage(copy))
+    assert (first.decoded, first.fetched) == (len(images), 0)
+    key = os.path.basename(first.folder)
+    bucket = Storage(copy)
+    assert sorted(bucket.walk(key)) == sorted(["index.json"] + [f"images/{os.path.basename(f)}"
+                                                              for f in first.files.values()])
+
+    # Another machine, the same images at other paths: the same key, fetched, not decoded.
+    elsewhere = moved(images, tmp_path / "fetched-there")
+    second = prepared.prepare(elsewhere, 64, str(tmp_path / "machine-b"), copy=Storage(copy))
+    assert (second.decoded, second.fetched) == (0, len(images)) and os.path.basename(second.folder) == key
+    assert second.verify()
+    for source, prepared_file in second.files.items():
+        assert np.array_equal(np.asarray(data.open_image(source, 64)), np.asarray(data.open_image(prepared_file, 64)))
+
+    # A fetch killed half-way (no local index, some files whole): the whole files are kept.
+    os.unlink(os.path.join(second.folder, "index.json"))
+    os.unlink(second.files[elsewhere[3]])
+    resumed = prepared.prepare(elsewhere, 64, str(tmp_path / "machine-b"), copy=Storage(copy))
+    assert (resumed.decoded, resumed.fetched) == (0, 1) and resumed.verify()
+
+    # A file of the copy that does not match its index is decoded here, never used.
+    damaged = f"{key}/images/{os.path.basename(first.files[images[2]])}"
+    bucket.write_bytes(damaged, bucket.read_bytes(damaged)[:-1] + b"\x07")
+    third = prepared.prepare(moved(images, tmp_path / "third"), 64, str(tmp_path / "machine-c"), copy=Storage(copy))
+    assert (third.decoded, third.fetched) == (1, len(images) - 1) and third.verify()
+
+
+def test_a_copy_without_its_index_is_not_used_and_is_completed(images, tmp_path):
+    """An upload killed before its index: the next machine decodes, then uploads what is missing."""
+    bucket = Storage(str(tmp_path / "bucket"))
+    first = prepared.prepare(images, 64, str(tmp_path / "machine-a"), copy=bucket)
+    key = os.path.basename(first.folder)
+    bucket.delete(f"{key}/index.json")
+    lost = f"{key}/images/{os.path.basename(first.files[images[5]])}"
+    bucket.delete(lost)
+    second = prepared.prepare(moved(images, tmp_path / "b"), 64, str(tmp_path / "machine-b"), copy=bucket)
+    assert (second.decoded, second.fetched) == (len(images), 0)
+    assert bucket.exists(f"{key}/index.json") and bucket.exists(lost)
+    third = prepared.prepare(moved(images, tmp_path / "c"), 64, str(tmp_path / "machine-c"), copy=bucket)
+    assert (third.decoded, third.fetched) == (0, len(images))
+
+
+def test_a_bucket_that_fails_leaves_the_trial_its_own_set(images, tmp_path, caplog):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    got = prepared.prepare(images, 64, str(tmp_path / "machine"), copy=Storage(str(blocked / "prepared")))
+    assert got is not None and (got.decoded, got.fetched) == (len(images), 0) and got.verify()
+    assert "not copied to" in caplog.text
