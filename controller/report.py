@@ -29,7 +29,7 @@ import numpy as np
 from automl_images.core import trials
 from automl_images.core.hyperparameters import oriented
 from automl_images.core.layout import FILES, Root
-from automl_images.core.records import TrialView
+from automl_images.core.records import JobView, TrialView
 from automl_images.core.storage import InvalidJSON, Storage
 
 from . import accepted, leaderboard
@@ -43,7 +43,6 @@ DETECTION_TASKS = ("image-object-detection", "image-instance-segmentation")
 # A render takes ~0.3 s (plus ~3 s of imports, once): a sweep whose trials finish every few seconds
 # would spend its controller's time on a page nobody reads that often.
 REFRESH_S = 60.0
-_refreshed: dict[str, float] = {}   # report URL -> when this process last wrote it (time.monotonic)
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
           "#bcbd22", "#17becf")
@@ -88,14 +87,18 @@ class JobData:
         return (moment - self.start) / self.unit[0]
 
 
-def gather(root: Root, job_id: str) -> JobData:
-    """The job as the bucket holds it."""
-    state = root.storage.read_json(root.job_state(job_id)) or {}
-    try:
-        spec = accepted.load(root, job_id)
-    except (FileNotFoundError, JobSpecError):
-        spec = None
-    views = trials.read_all(root, job_id, time.time())
+def gather(root: Root, job_id: str, job: JobView | None = None, spec: JobSpec | None = None) -> JobData:
+    """The job as the bucket holds it; its state, trials and spec from `job` and `spec` where the
+    caller holds them (the controller, every pass), else read."""
+    if job is None:
+        job = JobView(job_id, root.storage.read_json(root.job_state(job_id)) or {},
+                      trials.read_all(root, job_id, time.time()))
+    if spec is None:
+        try:
+            spec = accepted.load(root, job_id)
+        except (FileNotFoundError, JobSpecError):
+            spec = None
+    state, views = job.state, job.trials
     metric = spec.primary_metric if spec else (root.storage.read_json(root.leaderboard(job_id)) or {}).get(
         "primary_metric", "accuracy")
     board = leaderboard.build(metric, views, spec.search_space if spec else ())
@@ -122,10 +125,10 @@ def _object(root: Root, job_id: str, trial: str, name: str) -> dict[str, Any] | 
     return value if isinstance(value, dict) else None
 
 
-def write(root: Root, job_id: str, out: str | None = None) -> str:
-    """Render the job's report to `out` (a path or URL; default jobs/<id>/report.html in the root);
-    returns where it went."""
-    page = render(gather(root, job_id))
+def write(root: Root, job_id: str, out: str | None = None, data: JobData | None = None) -> str:
+    """Render the job's report (`data`, else what `gather` reads) to `out` (a path or URL; default
+    jobs/<id>/report.html in the root); returns where it went."""
+    page = render(data or gather(root, job_id))
     if out is None:
         root.storage.write_text(root.report(job_id), page)
         return root.storage.url(root.report(job_id))
@@ -135,18 +138,23 @@ def write(root: Root, job_id: str, out: str | None = None) -> str:
     return storage.url(name)
 
 
-def refresh(root: Root, job_id: str, log: Callable[[str], None], final: bool = False) -> None:
-    """The controller's call when the set of finished trials changed: the report rewritten, at
-    most every REFRESH_S seconds, and always at the end (`final`). A report that cannot be made is
-    logged, never a reason to stop reconciling the job."""
-    key = root.storage.url(root.report(job_id))
-    if not final and time.monotonic() - _refreshed.get(key, -math.inf) < REFRESH_S:
-        return
-    _refreshed[key] = time.monotonic()
-    try:
-        write(root, job_id)
-    except Exception as exc:  # noqa: BLE001 - the report is a view: the job goes on without it
-        log(f"job {job_id}: the report could not be written: {type(exc).__name__}: {exc}")
+class Refresher:
+    """The controller's report of one job, rewritten when the set of finished trials changed, at
+    most every REFRESH_S seconds, and always at the end (`final`), from what the controller holds.
+    A report that cannot be made is logged, never a reason to stop reconciling the job."""
+
+    def __init__(self, root: Root, job_id: str, log: Callable[[str], None]):
+        self.root, self.job_id, self.log = root, job_id, log
+        self._written_at = -math.inf   # time.monotonic(): the throttle is about this process's CPU
+
+    def __call__(self, job: JobView, spec: JobSpec, final: bool = False) -> None:
+        if not final and time.monotonic() - self._written_at < REFRESH_S:
+            return
+        self._written_at = time.monotonic()
+        try:
+            write(self.root, self.job_id, data=gather(self.root, self.job_id, job, spec))
+        except Exception as exc:  # noqa: BLE001 - the report is a view: the job goes on without it
+            self.log(f"job {self.job_id}: the report could not be written: {type(exc).__name__}: {exc}")
 
 
 # -- the page ----------------------------------------------------------------------------------------

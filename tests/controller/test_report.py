@@ -9,8 +9,9 @@ from simulated import FakeClock, SimLauncher, run_until_done, sim_job, submit
 
 from automl_images.controller import cli, leaderboard, report
 from automl_images.controller.loop import Controller
+from automl_images.core import trials
 from automl_images.core.layout import FILES, Root
-from automl_images.core.records import TrialView
+from automl_images.core.records import JobView, TrialView
 
 SPACE = "  - model_name: choice(resnet18, mobilenetv2)\n    learning_rate: loguniform(-7, -2)\n"
 BUNDLE = "* plotly.js v"   # the first line of plotly's bundle
@@ -57,19 +58,26 @@ def test_report_command(sweep, tmp_path, capsys):
     assert "no job 'nope'" in capsys.readouterr().err
 
 
-def test_refresh_is_throttled_but_always_final(tmp_path, monkeypatch):
-    root = Root(str(tmp_path))
-    written, log = [], []
-    monkeypatch.setattr(report, "write", lambda root, job_id: written.append(job_id))
+def test_refresh_is_throttled_but_always_final(sweep, monkeypatch):
+    log, reads = [], []
+    refresh = report.Refresher(sweep, "sweep", log.append)
+    job = report.gather(sweep, "sweep")
+    job_view = JobView("sweep", job.state, job.views)
+    read_all, write, written = trials.read_all, report.write, []
+    monkeypatch.setattr(trials, "read_all", lambda *args: (reads.append(args), read_all(*args))[1])
+    monkeypatch.setattr(report, "write", lambda *args, **kw: (written.append(args[1]), write(*args, **kw))[1])
+    sweep.storage.delete(sweep.report("sweep"))
     for final in (False, False, True):
-        report.refresh(root, "job", log.append, final=final)
-    assert written == ["job", "job"]   # the second refresh came too soon; the final one always runs
+        refresh(job_view, job.spec, final=final)
+    # the second refresh came too soon; the final one always runs; the trials came from the caller
+    assert written == ["sweep", "sweep"] and reads == []
+    assert sweep.storage.read_text(sweep.report("sweep")).startswith("<!DOCTYPE html>")
 
-    def broken(root, job_id):
+    def broken(root, job_id, out=None, data=None):
         raise OSError("disk full")
     monkeypatch.setattr(report, "write", broken)
-    report.refresh(root, "job", log.append, final=True)
-    assert log == ["job job: the report could not be written: OSError: disk full"]
+    refresh(job_view, job.spec, final=True)
+    assert log == ["job sweep: the report could not be written: OSError: disk full"]
 
 
 def test_a_torn_best_predictions_file_leaves_the_images_out(sweep, tmp_path):
