@@ -1,5 +1,5 @@
 """Sweep quality of the samplers: what each finds per trial, against Optuna's, on standard test
-functions and on real learning curves of our trainer (bench/digits_table.json).
+functions and on real learning curves of our trainer (bench/digits_table.json, bench/fridge_table.json).
 
     .venv/bin/python bench/sampler_quality.py                     # everything, 10 seeds (~20 min on 2 cores)
     .venv/bin/python bench/sampler_quality.py --part functions --functions hartmann6 --samplers gp optuna-gp
@@ -19,9 +19,10 @@ asks them (the whole history every time). Optuna's TPE and GP samplers (optuna==
 `bench` extra) through Optuna's own ask / tell, with their defaults, wrapped in the same interface
 (Optuna's GP sampler does not model conditional parameters: it draws them at random).
 
-The table: a job over the digits grid (bench/build_digits_table.py: model, learning rate,
-optimizer; the learning rate log-uniform, snapped to the nearest learning rate of the grid), 30
-trials, 4 running at a time, each trial's validation accuracy after each epoch read from the table, driven by the
+The tables: a job over each grid of real runs (bench/build_table.py: digits, model × learning
+rate × optimizer; fridge, the same × batch size; the learning rate log-uniform, snapped to the
+nearest learning rate of the grid, the others choices), 30 trials, 4 running at a time, each
+trial's validation accuracy after each epoch read from the table, driven by the
 controller's own `reconcile.decide` (bench/sweep_quality.py `sweep`), without and with each
 early-termination policy. Printed: the median [quartiles] of the best accuracy after 10, 20 and
 30 trials (higher is better) and of the epochs the 30 trials trained. Optuna's samplers run
@@ -49,7 +50,7 @@ from sweep_quality import sweep  # noqa: E402
 
 TRIALS = 30
 CHECKPOINTS = (10, 20, 30)
-TABLE = Path(__file__).resolve().parent / "digits_table.json"
+TABLES = {name: Path(__file__).resolve().parent / f"{name}_table.json" for name in ("digits", "fridge")}
 
 
 # --- test functions, on [0, 1]^d -------------------------------------------------------------------
@@ -228,8 +229,8 @@ POLICIES = {
 
 
 class Table:
-    """The digits grid's curves by configuration; a learning rate between the grid's values is
-    snapped to the nearest in log scale."""
+    """A grid's curves by configuration; a learning rate between the grid's values is snapped to the
+    nearest in log scale."""
 
     def __init__(self, path: Path):
         data = json.loads(path.read_text())
@@ -263,23 +264,23 @@ class Table:
         return accuracy[epoch - 1] if epoch <= len(accuracy) else None
 
 
-def table_part(samplers: list[str], policies: list[str], seeds: int, optuna_policies: list[str]) -> None:
-    table = Table(TABLE)
-    print(f"\ndigits table: {len(table.runs)} real runs of {table.epochs} epochs; best accuracy in the table "
+def table_part(name: str, samplers: list[str], policies: list[str], seeds: int, optuna_policies: list[str]) -> None:
+    table = Table(TABLES[name])
+    print(f"\n{name} table: {len(table.runs)} real runs of {table.epochs} epochs; best accuracy in the table "
           f"{table.best:.4f}; {TRIALS} trials, 4 at a time; higher is better; {seeds} seeds")
     print(f"{'sampler':<12}{'policy':<17}" + "".join(f"{f'best@{n}':>26}" for n in CHECKPOINTS)
           + f"{'epochs@30':>22}   time")
-    for name in samplers:
-        for policy in policies if not name.startswith("optuna") else optuna_policies:
+    for sampler_name in samplers:
+        for policy in policies if not sampler_name.startswith("optuna") else optuna_policies:
             started = time.perf_counter()
             bests, spent = [], []
             for seed in range(seeds):
-                sampler, spec = make(name, table.space, seed, POLICIES[policy], table.epochs)
+                sampler, spec = make(sampler_name, table.space, seed, POLICIES[policy], table.epochs)
                 trial_bests, epochs = sweep(spec, table.curve, sampler)
                 bests.append(trial_bests)
                 spent.append(epochs)
             cells = [summary([max(b[:n]) for b in bests], 4) for n in CHECKPOINTS]
-            print(f"{name:<12}{policy:<17}" + "".join(f"{c:>26}" for c in cells)
+            print(f"{sampler_name:<12}{policy:<17}" + "".join(f"{c:>26}" for c in cells)
                   + f"{summary(spent, 0):>22}   {time.perf_counter() - started:.0f} s", flush=True)
     print(f"\n(epochs without early termination: {TRIALS} x {table.epochs} = {TRIALS * table.epochs}, "
           "less what failed runs did not train)")
@@ -291,6 +292,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--functions", nargs="+", default=list(FUNCTIONS), choices=list(FUNCTIONS))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS + ("rf",))
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--optuna-policies", nargs="+", default=["none", "asha"], choices=list(POLICIES))
     args = parser.parse_args()
@@ -300,7 +302,8 @@ def main() -> None:
     if args.part in ("functions", "all"):
         functions_part(args.functions, args.samplers, args.seeds)
     if args.part in ("table", "all"):
-        table_part(args.samplers, args.policies, args.seeds, args.optuna_policies)
+        for name in args.tables:
+            table_part(name, args.samplers, args.policies, args.seeds, args.optuna_policies)
 
 
 if __name__ == "__main__":
