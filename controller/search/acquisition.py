@@ -14,8 +14,9 @@ poorly for us (measured by bench/sampler_quality.py; see the figures in bayesian
   refit the kernel on the lies, so made-up values shape the length scales. `believe` instead
   keeps the kernel fitted on real results and adds each pending point at the model's own mean
   there (the "kriging believer"): the mean does not move, the uncertainty at and near the pending
-  point collapses, so the next proposal of the batch goes elsewhere.
-- Its GP kernel is fitted by likelihood alone; ours under Optuna's priors (`log_prior_penalty`).
+  point collapses, and the improvement is measured against the best value believed, so the next
+  proposal of the batch goes elsewhere.
+- Its GP kernel is fitted by likelihood alone; ours under priors (`log_prior_penalty`).
 
 Inputs are normalised per dimension (skopt's `normalize_dimensions`): log-uniform priors on a log
 scale, integers and reals onto [0, 1], categories one-hot; the local draws move in those units.
@@ -42,6 +43,8 @@ GP_FIT_ITERATIONS = 60     # L-BFGS steps of each GP kernel fit (sklearn: up to 
 GP_RESTARTS = 2            # further kernel fits from random length scales (sklearn's default: 0) ...
 GP_RESTART_POINTS = 40     # ... up to this many observations (each fit costs 0.2 s at 80 points)
 FOREST_TREES = 32          # trees of the rf / et surrogates (skopt: 100; sklearn's cost is per tree)
+SCALE_PRIOR = 0.3          # weight of the length scales' prior (see log_prior_penalty)
+NOISE_PRIOR_RATE = 300.0   # rate of the noise's Gamma prior (see log_prior_penalty)
 BLAS_THREADS = 1           # the fits are small matrices: more threads only contend (4x slower on 2 cores)
 
 
@@ -70,13 +73,18 @@ def _fit_kernel(obj_func, initial_theta, bounds):
 def log_prior_penalty(theta: np.ndarray) -> tuple[float, np.ndarray]:
     """The negative log prior of skopt's GP kernel (amplitude * Matern + noise; `theta` holds their
     logs in that order: amplitude, a length scale per normalised input, noise) and its gradient.
-    Optuna's priors (optuna/_gp/prior.py): 0.1 * (l**2 + 1 / l**2) per length scale l, which keeps
-    length scales between about 0.3 and 3 unless the data insist (a likelihood alone lets a
-    dimension seen at 20 points drift to length 100, i.e. ignored); Gamma(2, 1) on the amplitude;
-    Gamma(1.1, 30) on the noise (small unless the data are noisy)."""
+    Optuna's priors (optuna/_gp/prior.py), made firmer: SCALE_PRIOR * (l**2 + 1 / l**2) per length
+    scale l (Optuna: 0.1), which keeps length scales near 1 unless the data insist (a likelihood
+    alone lets a dimension seen at 20 points drift to length 100, i.e. ignored); Gamma(2, 1) on the
+    amplitude; Gamma(1.1, NOISE_PRIOR_RATE) on the noise (Optuna: 30), small unless the data are
+    noisy. With Optuna's own priors the fitted noise (~0.03) and long length scales smoothed a
+    narrow basin away: 10 of 50 seeds of Hartmann-6 stalled above -1.7 after 30 trials, proposing
+    far corners of the space; with these, 5 of the 8 worst of them reached -3 (bench/sampler_quality.py)."""
     amplitude, scales, noise = np.exp(theta[0]), np.exp(theta[1:-1]), np.exp(theta[-1])
-    penalty = 0.1 * np.sum(scales ** 2 + scales ** -2) + (amplitude - theta[0]) + (30 * noise - 0.1 * theta[-1])
-    gradient = np.concatenate([[amplitude - 1], 0.2 * (scales ** 2 - scales ** -2), [30 * noise - 0.1]])
+    penalty = SCALE_PRIOR * np.sum(scales ** 2 + scales ** -2) + (amplitude - theta[0]) \
+        + (NOISE_PRIOR_RATE * noise - 0.1 * theta[-1])
+    gradient = np.concatenate([[amplitude - 1], 2 * SCALE_PRIOR * (scales ** 2 - scales ** -2),
+                               [NOISE_PRIOR_RATE * noise - 0.1]])
     return float(penalty), gradient
 
 
@@ -95,22 +103,26 @@ def fit(estimator: str, space: Any, points: list[list], ys: list[float], seed: i
     return model
 
 
-def believe(model: Any, space: Any, points: list[list], ys: list[float], pending: list[list]) -> Any:
-    """`model` with each pending point added at its predicted mean (the kriging believer). A GP
-    keeps the kernel it fitted on the real results; a forest is refitted (it has no kernel)."""
+def believe(model: Any, space: Any, points: list[list], ys: list[float], pending: list[list]) -> tuple[Any, float]:
+    """`model` with each pending point added at its predicted mean (the kriging believer), and the
+    best value it then holds, real or believed: the improvement the next proposal is measured
+    against. (Measured against the real best only, a pending point believed better than it keeps
+    its expected improvement at zero uncertainty, and the next proposal of the batch lands beside
+    it.) A GP keeps the kernel it fitted on the real results; a forest is refitted (it has no
+    kernel)."""
     if not pending:
-        return model
+        return model, min(ys)
     from sklearn.base import clone
 
     with _quiet():
-        fantasies = list(model.predict(space.transform(pending)))
+        fantasies = [float(y) for y in model.predict(space.transform(pending))]
         if hasattr(model, "kernel_"):
             # kernel_ is (amplitude * Matern) + White(0): skopt moves the fitted noise to noise_
             believer = clone(model).set_params(kernel=model.kernel_.k1, noise=model.noise_ or None, optimizer=None)
         else:
             believer = clone(model)
         believer.fit(space.transform(points + pending), list(ys) + fantasies)
-    return believer
+    return believer, min(min(ys), *fantasies)
 
 
 def maximise_ei(space: Any, model: Any, y_best: float, incumbents: list[list], rng: np.random.Generator) -> list:

@@ -20,23 +20,26 @@ dead one would have.
   with its best metric so far.
 - The surrogate, the search for the point of highest expected improvement and the handling of
   running trials are in search/acquisition.py: skopt's GP (Matern 5/2, a length scale per input,
-  noise) fitted under Optuna's priors, or skopt's forests; expected improvement searched at
-  random points, around the best trials, then refined (and polished by L-BFGS for a GP).
+  noise) fitted under priors on its length scales and noise, or skopt's forests; expected
+  improvement searched at random points, around the best trials, then refined (and polished by
+  L-BFGS for a GP).
 - Parallel proposals: running trials, and the proposals made earlier in the same batch, are
-  added to the model at its own predicted mean with the kernel kept (the kriging believer), so
-  that proposals made at once spread out instead of piling onto the same point.
+  added to the model at its own predicted mean with the kernel kept (the kriging believer), and
+  the improvement is measured against the best value real or believed, so that proposals made at
+  once spread out instead of piling onto the same point.
 - Conditional spaces (several subspaces, which AzureML refuses for Bayesian sampling): one
   model per subspace, fitted only on that subspace's trials, and a choice of the subspace by
   UCB over the subspaces' best values (`choose_subspace`), after each subspace was tried once.
 
-Quality. bench/sampler_quality.py, median best after 30 trials (lower is better), before and after
-the acquisition above, beside Optuna 5's GP sampler: Hartmann-6 one at a time -2.71 → -3.08 with
-10 seeds (Optuna GP -3.09), -3.13 with 20 (-3.12), -3.13 with 50 (-3.08); four at a time -2.40 →
--3.02 with 10 seeds (Optuna GP -2.84), -2.95 with 20 (-2.81), -2.77 with 50 (-2.81): level with
-Optuna's GP within the spread of the seeds, ahead of its TPE. On the real tables (bench/*_table.json)
-with an early-termination policy it reaches random search's best in fewer epochs: digits .969 in
-140 epochs with median stopping (random: 180 without a policy), fridge .615 in 128 with truncation
-selection (random: 360).
+Quality. bench/sampler_quality.py, median [quartiles] of the best after 30 trials (lower is
+better), beside Optuna 5's GP sampler run in the same script. Hartmann-6 one at a time: -2.71 with
+skopt's own acquisition, -3.08 with the search above and Optuna's priors, -3.14 [-3.26, -2.86] now
+(Optuna GP -3.09 [-3.15, -2.68]); 50 seeds -3.12 [-3.26, -2.86] (Optuna GP -3.08 [-3.15, -2.81]).
+Four at a time: -2.40, then -3.02, now -3.00 [-3.06, -2.94] (Optuna GP -2.84 [-2.97, -2.73]); 50
+seeds -2.90 [-3.09, -2.73] (-2.81 [-3.04, -2.58]), where the believer measured against the real
+best only gave -2.77 [-3.07, -2.16]. Branin 0.401 and 0.405 (Optuna GP 0.410, 0.416). On the real
+tables (bench/*_table.json) with median stopping it reaches random search's best in fewer epochs:
+digits .969 in 126 epochs (random: 180 without a policy), fridge .615 in 234 (random: 360).
 
 Speed. The controller calls `ask` whenever a trial slot frees up, so a proposal must stay well
 under a second: the kernel fit is bounded (acquisition.GP_FIT_ITERATIONS steps, restarts only up
@@ -152,14 +155,15 @@ class BayesianSampler:
         ys = [self._objective(float(v)) for _, v in told]
         # the best real results first: where the acquisition search looks closely
         incumbents = [told[i][0] for i in sorted(range(len(ys)), key=lambda i: (ys[i], i))]
-        y_best, worst = min(ys), max(ys)
+        worst = max(ys)
         points = [p for p, _ in told] + [p for p, _ in failed]
         ys = ys + [worst] * len(failed)
         points, ys = self._fit_set(points, ys, index)
         seed = sampler_seed(self.spec.seed, index)
         space = acquisition.space_of([a.dimension for a in free])
         model = acquisition.fit(self.options.estimator, space, points, ys, seed)
-        model = acquisition.believe(model, space, points, ys, pending)
+        # y_best: the best trial's (it is in the fit set), or a pending trial's believed value
+        model, y_best = acquisition.believe(model, space, points, ys, pending)
         x = acquisition.maximise_ei(space, model, y_best, incumbents, np.random.default_rng(seed))
         params = {a.name: a.decode(v) for a, v in zip(free, x)}
         return Proposal(subspace, self._checked(subspace, index, {**params, **fixed}))

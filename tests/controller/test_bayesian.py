@@ -245,13 +245,14 @@ def test_believing_keeps_the_kernel_and_the_mean_and_removes_the_uncertainty():
     points = [[x] for x in (0.1, 0.3, 0.5, 0.9)]
     ys = [math.sin(6 * x[0]) for x in points]
     model = acquisition.fit("gp", space, points, ys, seed=0)
-    believer = acquisition.believe(model, space, points, ys, [[0.7]])
+    believer, best = acquisition.believe(model, space, points, ys, [[0.7]])
     assert believer.kernel_.get_params()["k1"] == model.kernel_.get_params()["k1"]
     before_mean, before_std = model.predict(space.transform([[0.7]]), return_std=True)
     mean, std = believer.predict(space.transform([[0.7]]), return_std=True)
     assert mean[0] == pytest.approx(before_mean[0], abs=1e-3 * abs(before_mean[0]) + 1e-6)
     assert before_std[0] > 0.05 and std[0] < 0.25 * before_std[0]  # what remains is the fitted noise
-    assert acquisition.believe(model, space, points, ys, []) is model
+    assert best == min(min(ys), before_mean[0])   # the believed value counts when it is the best
+    assert acquisition.believe(model, space, points, ys, []) == (model, min(ys))
 
 
 def test_log_uniform_inputs_are_searched_on_a_log_scale():
