@@ -154,7 +154,7 @@ def prepare(paths: Sequence[str], decode_size: int | None, root: str | None = No
                 if found is None:
                     if not _fits(paths, decode_size, root, folder):
                         return None
-                    fetched = _fetch(copy, key, folder) if copy is not None else 0
+                    fetched = _fetch(copy, key, folder, set(digests.values())) if copy is not None else 0
                     decoded = _build(folder, paths, digests, decode_size)
                     log.info("prepared %d images at decode size %s in %s (%d decoded here, %d fetched from %s)",
                              len(paths), decode_size, folder, decoded, fetched, copy.url(key) if copy else "-")
@@ -194,10 +194,10 @@ class JobImages:
 
 # -- the bucket's copy -----------------------------------------------------------------------------
 
-def _fetch(copy: Storage, key: str, folder: str) -> int:
-    """Fetches the bucket's copy of `key` into `folder` (called under the key's lock, before
-    `_build`, which keeps what is whole and decodes the rest); returns how many files it fetched.
-    Nothing when the bucket has no complete copy."""
+def _fetch(copy: Storage, key: str, folder: str, wanted: set[str]) -> int:
+    """Fetches the bucket's copy of `key` into `folder`, the images whose sources have the sha256s
+    `wanted` (called under the key's lock, before `_build`, which keeps what is whole and decodes
+    the rest); returns how many files it fetched. Nothing when the bucket has no complete copy."""
     try:
         index = copy.read_json(join(key, INDEX))
     except Exception as exc:   # noqa: BLE001 - any store's error: the copy is an optimisation
@@ -234,7 +234,7 @@ def _fetch(copy: Storage, key: str, folder: str) -> int:
                 os.unlink(tmp)
 
     with ThreadPoolExecutor(max_workers=_threads()) as pool:
-        return sum(pool.map(fetch, entries))
+        return sum(pool.map(fetch, [e for e in entries if e["source_sha256"] in wanted]))
 
 
 def _upload(copy: Storage, key: str, folder: str) -> None:
