@@ -61,7 +61,7 @@ def measure(name: str, folder: str, size: int, bucket_url: str, repeats: int, sc
     n = len(paths)
     runs: dict[str, list[float]] = {"decode": [], "decode and upload": [], "fetch": []}
     for repeat in range(repeats):
-        copy = Storage(f"{bucket_url}/r{repeat}-{abs(hash(name))}")
+        copy = Storage(f"{bucket_url}/{name.replace(' ', '-')}-{repeat}")
         runs["decode"].append(rate(paths, size, os.path.join(scratch, "a"), None, (n, 0)))
         runs["decode and upload"].append(rate(paths, size, os.path.join(scratch, "a"), copy, (n, 0)))
         runs["fetch"].append(rate(moved, size, os.path.join(scratch, "b"), copy, (0, n)))

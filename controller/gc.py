@@ -34,8 +34,8 @@ class Collected:
 
 
 def collect(root: Root, job_id: str, dry_run: bool = False) -> Collected:
-    """Delete the resume checkpoints of every trial of the ended job `job_id` (list them only, with
-    `dry_run`). Raises KeyError for an unknown job, JobNotEnded for one still running."""
+    """Delete the resume checkpoints of every trial of the ended job `job_id`, and the job's copy of
+    its prepared images (list them only, with `dry_run`). Raises KeyError for an unknown job, JobNotEnded for one still running."""
     if job_id not in root.job_ids():
         raise KeyError(job_id)
     state = root.storage.read_json(root.job_state(job_id)) or {}
@@ -47,21 +47,21 @@ def collect(root: Root, job_id: str, dry_run: bool = False) -> Collected:
         raise JobNotEnded(f"job {job_id!r} is {status.value if status else 'not accepted yet'}: its trials may "
                           "still resume from their checkpoints; cancel it first, or wait for it to end")
     collected = Collected()
-    checkpoints = [root.trial_key(job_id, trial, FILES.checkpoint) for trial in root.trial_ids(job_id)]
-    prefix = root.prepared_images(job_id)
-    # every set's index first (a stable sort keeps the rest in order)
-    prepared = [join(prefix, rel) for rel in sorted(root.storage.walk(prefix),
-                                                    key=lambda rel: posixpath.basename(rel) != PREPARED_INDEX)]
-    for key in checkpoints + prepared:
+
+    def remove(key: str) -> bool:
         size = root.storage.size(key)
         if size is None:
-            continue
+            return False
         if not dry_run:
             root.storage.delete(key)
         collected.keys.append(key)
         collected.freed_bytes += size
-        if key in prepared:
-            collected.prepared_files += 1
-        else:
-            collected.checkpoints += 1
+        return True
+
+    collected.checkpoints = sum(remove(root.trial_key(job_id, trial, FILES.checkpoint))
+                                for trial in root.trial_ids(job_id))
+    prefix = root.prepared_images(job_id)
+    # every set's index first (a stable sort keeps the rest in order)
+    prepared = sorted(root.storage.walk(prefix), key=lambda rel: posixpath.basename(rel) != PREPARED_INDEX)
+    collected.prepared_files = sum(remove(join(prefix, rel)) for rel in prepared)
     return collected
